@@ -1,0 +1,136 @@
+"""The importable Python API: load, flexify, describe and save DiT checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from flexcli import __version__
+from flexcli.errors import FlexcliError
+from flexcli.flex.adapter import MODES, added_parameter_names, flexify_model
+from flexcli.io.checkpoint import Checkpoint, file_sha256, read_checkpoint, save_checkpoint
+from flexcli.models.dit import DiT
+from flexcli.profiling.flops import model_cost
+
+
+def build_model(ckpt: Checkpoint) -> DiT:
+    """Instantiate the model a checkpoint describes and load its tensors (strictly)."""
+    model = DiT(ckpt.config)
+    if ckpt.flex:
+        f = ckpt.flex
+        lora = f.get("lora") or {}
+        flexify_model(model, [p for p in f["patch_sizes"] if p != f["base_patch_size"]], f["mode"],
+                      lora.get("rank", 32), lora.get("alpha"))
+    expected = {k.replace(".base_layer.", "."): k for k in model.state_dict()}
+    missing = sorted(set(expected) - set(ckpt.state_dict))
+    unexpected = sorted(set(ckpt.state_dict) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise FlexcliError(f"{ckpt.path} does not match the inferred DiT config ({what})",
+                           "the checkpoint may be damaged or not a DiT")
+    sd = {expected[k]: v for k, v in ckpt.state_dict.items()}
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        line = [s.strip() for s in str(e).splitlines() if "size mismatch" in s][:1] or [str(e).splitlines()[0]]
+        raise FlexcliError(f"{ckpt.path} does not fit the inferred DiT config ({line[0]})",
+                           "the checkpoint may be damaged or not a DiT") from e
+    return model.eval()
+
+
+def load_model(path: str | Path, *, use_ema: bool = True, merge_lora: bool = False) -> DiT:
+    """Load any supported checkpoint as an `nn.Module` with `forward(x, t, y, patch_size=None)`.
+
+    `patch_size=None` is the pretrained size; `model.patch_sizes` lists every supported one.
+    `merge_lora=True` merges each weak size's LoRA into its own weight copy (no LoRA FLOPs).
+    """
+    model = build_model(read_checkpoint(path, use_ema=use_ema))
+    if merge_lora and model.flex is not None and model.flex.mode == "lora":
+        from flexcli.flex.lora import merge_loras
+        merge_loras(model)
+    return model
+
+
+def default_output(src: Path) -> Path:
+    stem = src.name if src.is_dir() else src.stem
+    return src.parent / f"{stem}-flex.safetensors"
+
+
+def validate_weak_patches(config, weak_patches: list[int]) -> list[int]:
+    if not weak_patches:
+        raise FlexcliError("no weak patch size given", "pass --weak-patch, e.g. --weak-patch 4")
+    out = []
+    for p in weak_patches:
+        if p == config.patch_size:
+            raise FlexcliError(f"weak patch {p} equals the pretrained patch size",
+                               f"choose a larger patch, e.g. --weak-patch {2 * config.patch_size}")
+        if p <= 0 or config.input_size % p:
+            raise FlexcliError(f"weak patch {p} does not divide the {config.input_size}x{config.input_size} latent",
+                               "choose a patch size that divides the latent side")
+        if p not in out:
+            out.append(p)
+    return sorted(out)
+
+
+def flexify_checkpoint(src: str | Path, weak_patches: list[int], out: str | Path | None = None, *,
+                       mode: str = "lora", lora_rank: int = 32, lora_alpha: float | None = None,
+                       use_ema: bool = True, force: bool = False) -> tuple[Path, DiT, Checkpoint]:
+    """Read `src`, add the weak patch sizes and write one flexcli .safetensors file (atomically)."""
+    from flexcli.io.atomic import check_output
+
+    src = Path(src)
+    if mode not in MODES:
+        raise FlexcliError(f"unknown mode '{mode}'", f"use one of: {', '.join(MODES)}")
+    if lora_rank <= 0:
+        raise FlexcliError(f"LoRA rank {lora_rank} is not positive", "pass --lora-rank 32 (the paper's value)")
+    out = Path(out) if out is not None else default_output(src)
+    check_output(out, force)
+    ckpt = read_checkpoint(src, use_ema=use_ema)
+    if ckpt.flex:
+        raise FlexcliError(f"{src} is already flexified (patch sizes {ckpt.flex['patch_sizes']})",
+                           "pass the original DiT checkpoint")
+    weak = validate_weak_patches(ckpt.config, weak_patches)
+    model = build_model(ckpt)
+    flexify_model(model, weak, mode, lora_rank, lora_alpha)
+    source = {"file": str(src.name), "sha256": file_sha256(src), "layout": ckpt.layout}
+    save_checkpoint(model, out, {"source": source, "inferred": ckpt.inferred})
+    return out, model, ckpt
+
+
+def describe(path: str | Path) -> dict:
+    """Everything `flexcli info` prints: layout, config, patch sizes, parameter counts, cost per size."""
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt)
+    added = added_parameter_names(model)
+    params = dict(model.named_parameters())
+    base = sum(p.numel() for n, p in params.items() if n not in added)
+    extra = sum(params[n].numel() for n in added)
+    flex = model.flex.describe() if model.flex is not None else None
+    rows = []
+    for p in model.patch_sizes:
+        cost = model_cost(model, p)
+        row = {"patch_size": p, "tokens": cost.tokens, "gmacs": round(cost.gmacs, 4), "gflops": round(cost.gflops, 4)}
+        if flex and flex["mode"] == "lora" and p != model.config.patch_size:
+            merged = model_cost(model, p, merged=True)
+            row.update(gmacs_merged=round(merged.gmacs, 4), gflops_merged=round(merged.gflops, 4))
+        rows.append(row)
+    return {"path": str(path), "layout": ckpt.layout, "config": ckpt.config.to_dict(), "inferred": ckpt.inferred,
+            "flex": flex, "patch_sizes": model.patch_sizes, "params": {"base": base, "added": extra},
+            "cost": rows, "flops_convention": "per sample, one forward pass; GFLOPs = 2 x GMACs; matmuls only",
+            "source": ckpt.metadata.get("source"), "flexcli_version": __version__}
+
+
+def export_loras(path: str | Path, out: str | Path, force: bool = False) -> list[Path]:
+    """Export the per-size LoRAs of a flexified checkpoint in peft's adapter layout (atomically)."""
+    from flexcli.flex.lora import export_peft_adapters
+    from flexcli.io.atomic import atomic_dir, check_output
+
+    out = Path(out)
+    check_output(out, force)
+    model = build_model(read_checkpoint(path))
+    if model.flex is None or model.flex.mode != "lora":
+        raise FlexcliError(f"{path} has no LoRAs (not flexified with --mode lora)",
+                           "flexify it first: flexcli flexify CKPT --weak-patch 4")
+    with atomic_dir(out) as tmp:
+        export_peft_adapters(model, tmp, model.flex.lora_rank, model.flex.lora_alpha)
+    return [out / f"p{p}" for p in model.flex.weak_patch_sizes]

@@ -1,0 +1,35 @@
+"""The `flexcli` command line: one thin module per command under flexcli/commands/."""
+from __future__ import annotations
+
+import typer
+
+from flexcli import __version__
+from flexcli.commands.export_lora import export_lora
+from flexcli.commands.flexify import flexify
+from flexcli.commands.info import info
+
+app = typer.Typer(help="Flexible-patch Diffusion Transformers (FlexiDiT): convert, inspect and benchmark DiTs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app.command()(flexify)
+app.command()(info)
+app.command("export-lora")(export_lora)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version.")) -> None:
+    pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""`flexcli flexify`: add weak patch sizes to a pretrained DiT checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flexcli.console import err, result, user_errors
+
+
+def flexify(
+    checkpoint: Path = typer.Argument(..., help="DiT checkpoint: .pt/.safetensors (original layout) or a diffusers folder."),
+    weak_patch: list[int] = typer.Option(..., "--weak-patch", "-p", help="Weak patch size to add (repeatable: -p 4 -p 8)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .safetensors [default: <stem>-flex.safetensors]."),
+    mode: str = typer.Option("lora", help="lora (frozen base, per-size LoRAs, §3.2) or shared (§3.1)."),
+    lora_rank: int = typer.Option(32, help="LoRA rank for --mode lora."),
+    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha [default: the rank, i.e. scale 1]."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="For train.py checkpoints: take the EMA weights."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+) -> None:
+    """Flexify a DiT: new tokenizers (PI-resize), patch-size embeddings and LoRAs for each weak patch size."""
+    with user_errors():
+        from flexcli.api import flexify_checkpoint
+
+        path, model, ckpt = flexify_checkpoint(checkpoint, weak_patch, out, mode=mode, lora_rank=lora_rank,
+                                               lora_alpha=lora_alpha, use_ema=ema, force=force)
+        cfg = ckpt.config
+        err.print(f"read {ckpt.layout} layout: depth {cfg.depth}, width {cfg.hidden_size}, heads {cfg.num_heads}, "
+                  f"patch {cfg.patch_size}, channels {cfg.in_channels}->{cfg.out_channels}, "
+                  f"learn_sigma {cfg.learn_sigma}, input {cfg.input_size}")
+        guessed = {k: v for k, v in ckpt.inferred.items() if not v.startswith("tensors")}
+        if guessed:
+            err.print("not from tensors: " + ", ".join(f"{k} ({v})" for k, v in guessed.items()))
+        err.print(f"mode {mode}: patch sizes {model.patch_sizes}")
+        result(str(path))

@@ -1,0 +1,40 @@
+"""`flexcli info`: what a checkpoint is and what one forward pass costs at each patch size."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from flexcli.console import result, user_errors
+
+
+def info(
+    checkpoint: Path = typer.Argument(..., help="Any checkpoint flexcli reads (plain or flexified)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Print the layout, config, patch sizes, parameter counts and exact cost per patch size."""
+    with user_errors():
+        from flexcli.api import describe
+
+        d = describe(checkpoint)
+        if as_json:
+            result(json.dumps(d, indent=2))
+            return
+        c = d["config"]
+        lines = [f"checkpoint: {d['path']}", f"layout: {d['layout']}",
+                 "config: " + ", ".join(f"{k}={v}" for k, v in c.items())]
+        guessed = {k: v for k, v in d["inferred"].items() if not v.startswith(("tensors", "metadata"))}
+        if guessed:
+            lines.append("inferred, not from tensors: " + ", ".join(f"{k} ({v})" for k, v in guessed.items()))
+        flex = d["flex"]
+        lines.append(f"mode: {flex['mode'] if flex else 'plain DiT'}")
+        if flex and flex.get("lora"):
+            lines.append(f"lora: rank {flex['lora']['rank']}, alpha {flex['lora']['alpha']}, on {', '.join(flex['lora']['targets'])}")
+        lines.append(f"patch sizes: {', '.join(map(str, d['patch_sizes']))} (pretrained {c['patch_size']})")
+        lines.append(f"parameters: base {d['params']['base']:,}, added {d['params']['added']:,}")
+        lines.append(f"cost of one forward pass per sample ({d['flops_convention']}):")
+        for r in d["cost"]:
+            extra = f"  (LoRA merged: {r['gmacs_merged']:.4f} GMACs)" if "gmacs_merged" in r else ""
+            lines.append(f"  p={r['patch_size']:<3} tokens={r['tokens']:<6} {r['gmacs']:.4f} GMACs = {r['gflops']:.4f} GFLOPs{extra}")
+        result("\n".join(lines))
