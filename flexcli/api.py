@@ -109,10 +109,11 @@ def describe(path: str | Path) -> dict:
     rows = []
     for p in model.patch_sizes:
         cost = model_cost(model, p)
-        row = {"patch_size": p, "tokens": cost.tokens, "gmacs": round(cost.gmacs, 4), "gflops": round(cost.gflops, 4)}
+        row = {"patch_size": p, "tokens": cost.tokens, "macs": cost.macs, "flops": cost.flops,
+               "gmacs": cost.gmacs, "gflops": cost.gflops}
         if flex and flex["mode"] == "lora" and p != model.config.patch_size:
             merged = model_cost(model, p, merged=True)
-            row.update(gmacs_merged=round(merged.gmacs, 4), gflops_merged=round(merged.gflops, 4))
+            row.update(gmacs_merged=merged.gmacs, gflops_merged=merged.gflops)
         rows.append(row)
     return {"path": str(path), "layout": ckpt.layout, "config": ckpt.config.to_dict(), "inferred": ckpt.inferred,
             "flex": flex, "patch_sizes": model.patch_sizes, "params": {"base": base, "added": extra},

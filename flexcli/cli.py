@@ -7,12 +7,14 @@ from flexcli import __version__
 from flexcli.commands.export_lora import export_lora
 from flexcli.commands.flexify import flexify
 from flexcli.commands.info import info
+from flexcli.commands.quickstart import quickstart
 
 app = typer.Typer(help="Flexible-patch Diffusion Transformers (FlexiDiT): convert, inspect and benchmark DiTs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 app.command()(flexify)
 app.command()(info)
 app.command("export-lora")(export_lora)
+app.command()(quickstart)
 
 
 def _version(value: bool) -> None:

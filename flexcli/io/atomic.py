@@ -17,8 +17,15 @@ def check_output(path: Path, force: bool) -> None:
     parent = path.parent
     if not parent.exists():
         raise FlexcliError(f"output directory {parent} does not exist", "create it first or choose another -o")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise FlexcliError(f"output directory {parent} is not writable", "choose a writable location with -o")
+    if not parent.is_dir():
+        raise FlexcliError(f"output location {parent} is not a directory", "choose another -o")
+    try:  # a real probe: os.access says yes to root even on read-only file systems
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FlexcliError(f"output directory {parent} is not writable ({e.strerror})",
+                           "choose a writable location with -o") from e
 
 
 @contextlib.contextmanager

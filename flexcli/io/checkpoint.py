@@ -77,7 +77,7 @@ def _read_torch(path: Path, use_ema: bool) -> tuple[dict[str, torch.Tensor], str
         with torch.serialization.safe_globals([argparse.Namespace]):  # train.py stores its args
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[0] if str(e) else type(e).__name__
         raise FlexcliError(f"{path} cannot be loaded as a weights-only PyTorch checkpoint ({reason})",
                            "pass a DiT state dict (.pt/.safetensors) or a diffusers model folder") from e
     source = "state dict"
@@ -94,15 +94,27 @@ def _read_torch(path: Path, use_ema: bool) -> tuple[dict[str, torch.Tensor], str
     return obj, source
 
 
+def _read_json(text: str, what: str, path: Path) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FlexcliError(f"{what} of {path} is not valid JSON ({e.msg})", "re-export the checkpoint") from e
+    if not isinstance(value, dict):
+        raise FlexcliError(f"{what} of {path} is not a JSON object", "re-export the checkpoint")
+    return value
+
+
 def _sniff(path: Path) -> str:
+    """Tell safetensors (8-byte little-endian header length, then a JSON header) from torch files."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(16)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         return "torch"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
     if path.suffix == ".safetensors":
-        return "safetensors"
+        return "safetensors"  # let safetensors report what is wrong with it
     return "unknown"
 
 
@@ -187,7 +199,7 @@ def read_checkpoint(path: str | Path, use_ema: bool = True) -> Checkpoint:
                                "pass a diffusers DiTTransformer2DModel folder or a checkpoint file")
         sd, _ = _read_safetensors(files[0])
         cfg_file = path / "config.json"
-        config_json = json.loads(cfg_file.read_text()) if cfg_file.exists() else None
+        config_json = _read_json(cfg_file.read_text(), "config.json", path) if cfg_file.exists() else None
         if not dl.is_diffusers_dit(sd):
             raise FlexcliError(f"{files[0]} is not a DiTTransformer2DModel", "pass a DiT model folder")
         sd, cfg, inferred = _diffusers(sd, config_json, path)
@@ -205,13 +217,15 @@ def read_checkpoint(path: str | Path, use_ema: bool = True) -> Checkpoint:
 
     sd, metadata = _read_safetensors(path)
     if METADATA_KEY in metadata:
-        meta = json.loads(metadata[METADATA_KEY])
+        meta = _read_json(metadata[METADATA_KEY], "the flexcli metadata", path)
+        if not isinstance(meta.get("config"), dict):
+            raise FlexcliError(f"the flexcli metadata of {path} has no config", "re-export the checkpoint")
         cfg = DiTConfig.from_dict(meta["config"])
         return Checkpoint(sd, cfg, "flexcli", path, {k: "metadata" for k in meta["config"]},
                           flex=meta.get("flex"), metadata=meta)
     if dl.is_diffusers_dit(sd):
         cfg_file = path.parent / "config.json"
-        config_json = json.loads(cfg_file.read_text()) if cfg_file.exists() else None
+        config_json = _read_json(cfg_file.read_text(), "config.json", path) if cfg_file.exists() else None
         sd, cfg, inferred = _diffusers(sd, config_json, path)
         return Checkpoint(sd, cfg, "diffusers", path, inferred)
     _check_dit(sd, path)

@@ -1,0 +1,34 @@
+import dataclasses
+
+import pytest
+import torch
+
+from flexcli.models.configs import DiTConfig, named_config
+from flexcli.models.dit import DiT
+
+
+def random_dit(cfg: DiTConfig | str = "DiT-Tiny/2", seed: int = 0, **overrides) -> DiT:
+    """A DiT with every trainable weight random (DiT's own init zeroes adaLN and the final layer)."""
+    cfg = named_config(cfg) if isinstance(cfg, str) else cfg
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    torch.manual_seed(seed)
+    model = DiT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+def inputs(cfg: DiTConfig, n: int = 3, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    y = torch.randint(0, cfg.num_classes + 1, (n,), generator=g)  # includes the null class
+    return x, t, y
+
+
+@pytest.fixture
+def tiny():
+    return random_dit("DiT-Tiny/2")
