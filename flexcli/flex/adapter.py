@@ -63,6 +63,7 @@ class FlexAdapter(nn.Module):
         self.lora_rank = int(lora_rank)
         self.lora_alpha = float(lora_alpha if lora_alpha is not None else lora_rank)
         self.out_channels = cfg.out_channels
+        self._lora_layers = None
         D, C = cfg.hidden_size, cfg.in_channels
         # Patch-size embedding added to every token; none (zero) for the pretrained size.
         self.size_embed = nn.ParameterDict({f"p{p}": nn.Parameter(torch.zeros(D)) for p in self.weak_patch_sizes})
@@ -121,7 +122,13 @@ class FlexAdapter(nn.Module):
     # ----------------------------------------------------------------------------------------------
     def activate(self, model: nn.Module, patch_size: int) -> None:
         if self.mode == "lora":
-            lora_lib.activate_lora(model, patch_size)
+            if self._lora_layers is None:  # looked up once: named_modules() on every forward costs time
+                self._lora_layers = [m for _, m in lora_lib.lora_layers(model)]
+            lora_lib.activate_lora(self._lora_layers, patch_size)
+
+    def forget_lora_layers(self) -> None:
+        """Call after replacing LoRA layers (merging) so that `activate` looks them up again."""
+        self._lora_layers = None
 
     def embedding_weights(self, model: nn.Module, p: int) -> tuple[torch.Tensor, torch.Tensor]:
         proj = model.x_embedder.proj

@@ -47,14 +47,14 @@ def lora_layers(model: nn.Module):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
-def activate_lora(model: nn.Module, patch_size: int) -> None:
-    """Route every LoRA layer to the adapter of `patch_size`, or to none (base layer only).
+def activate_lora(layers, patch_size: int) -> None:
+    """Route each peft LoRA layer in `layers` to the adapter of `patch_size`, or to none (base layer only).
 
     This sets peft's active-adapter list directly instead of `set_adapter`, which would also flip
     requires_grad on the adapters at every forward pass.
     """
     name = adapter_name(patch_size)
-    for _, layer in lora_layers(model):
+    for layer in layers:
         layer._active_adapter = [name] if name in layer.lora_A else []
 
 
@@ -85,6 +85,8 @@ def merge_loras(model: nn.Module) -> int:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, MergedLoraLinear(base, merged, model.patch_state))
         count += 1
+    if getattr(model, "flex", None) is not None:
+        model.flex.forget_lora_layers()
     return count
 
 
