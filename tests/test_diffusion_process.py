@@ -49,3 +49,13 @@ def test_training_loss_has_vb_term_only_through_sigma():
     terms["vb"].sum().backward()
     assert out.grad[:, :3].abs().max() == 0 and out.grad[:, 3:].abs().max() > 0
     assert torch.allclose(terms["loss"], terms["mse"] + terms["vb"])
+
+
+def test_one_step_process_samples():
+    """A 1-step respacing (t = 999 only) has no t = 1 posterior value: the log variance falls back to beta."""
+    d = GaussianDiffusion.respaced(1)
+    x = torch.randn(2, 3, 4, 4)
+    out = d.p_mean_variance(torch.zeros(2, 6, 4, 4), x, torch.tensor([0, 0]))
+    assert torch.isfinite(out["mean"]).all() and torch.isfinite(out["log_variance"]).all()
+    out = d.p_mean_variance(torch.zeros(2, 3, 4, 4), x, torch.tensor([0, 0]), learn_sigma=False)
+    assert torch.isfinite(out["variance"]).all()

@@ -12,10 +12,10 @@ from flexcli.console import err, result, user_errors
 def flexify(
     checkpoint: Path = typer.Argument(..., help="DiT checkpoint: .pt/.safetensors (original layout) or a diffusers folder."),
     weak_patch: list[int] = typer.Option(..., "--weak-patch", "-p", help="Weak patch size to add (repeatable: -p 4 -p 8)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .safetensors [default: <stem>-flex.safetensors]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .safetensors (default: <stem>-flex.safetensors beside the input)."),
     mode: str = typer.Option("lora", help="lora (frozen base, per-size LoRAs, §3.2) or shared (§3.1)."),
     lora_rank: int = typer.Option(32, help="LoRA rank for --mode lora."),
-    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha [default: the rank, i.e. scale 1]."),
+    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: the rank, i.e. LoRA scale 1)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="For train.py checkpoints: take the EMA weights."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
 ) -> None:

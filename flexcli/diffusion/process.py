@@ -97,17 +97,23 @@ class GaussianDiffusion:
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1).sqrt()
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # The posterior variance is 0 at t = 0: clip its log with the value at t = 1.
-        self.posterior_log_variance_clipped = torch.log(
-            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
+        # The posterior variance is 0 at t = 0: clip its log with the value at t = 1 (beta_0 for a 1-step process).
+        first = self.posterior_variance[1:2] if self.num_timesteps > 1 else betas[:1]
+        self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
 
     @classmethod
     def respaced(cls, steps: str | int, num_timesteps: int = 1000) -> "GaussianDiffusion":
         """DiT's `create_diffusion(str(steps))`: keep `space_timesteps(...)` and rebuild betas from alpha-bar."""
-        base = cls(linear_betas(num_timesteps))
         use = space_timesteps(num_timesteps, steps) if steps not in ("", None) else list(range(num_timesteps))
+        return cls.from_timesteps(use, num_timesteps)
+
+    @classmethod
+    def from_timesteps(cls, use: list[int], num_timesteps: int = 1000) -> "GaussianDiffusion":
+        """The process restricted to the original timesteps `use` (any increasing list, e.g. a solver's grid)."""
+        use = sorted(int(t) for t in use)
+        base = cls(linear_betas(num_timesteps))
         last, new_betas = 1.0, []
         for i in use:
             ac = base.alphas_cumprod[i].item()
@@ -154,7 +160,8 @@ class GaussianDiffusion:
             variance = torch.exp(log_variance)
         else:
             eps = model_output[:, :c]
-            large = torch.cat([self.posterior_variance[1:2], self.betas[1:]])
+            large = torch.cat([self.posterior_variance[1:2] if self.num_timesteps > 1 else self.betas[:1],
+                               self.betas[1:]])
             variance = _extract(large, t, n).expand_as(x_t)
             log_variance = _extract(torch.log(large), t, n).expand_as(x_t)
         pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)

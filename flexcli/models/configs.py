@@ -58,6 +58,14 @@ for _name, (_depth, _width, _heads) in _TINY.items():
             num_heads=_heads, num_classes=10)
 
 
+# The built-in default base model (issue #7): pixel-space Fashion-MNIST, 28x28 padded to 32x32, 1 channel.
+# Patch 4 (64 tokens) is the pretrained ("powerful") size; flexify with --weak-patch 8 for 16 tokens (4x fewer).
+_FMNIST = (6, 128, 4)  # (depth, hidden_size, num_heads): ~1.9M parameters, trains in ~45 min on 2 CPU cores
+NAMED_CONFIGS["DiT-FMNIST/4"] = DiTConfig(
+    input_size=32, patch_size=4, in_channels=1, depth=_FMNIST[0], hidden_size=_FMNIST[1], num_heads=_FMNIST[2],
+    num_classes=10)
+
+
 def named_config(name: str, **overrides) -> DiTConfig:
     """Look up a named config ("DiT-XL/2", "DiT-Tiny/2", ...) with optional field overrides."""
     from flexcli.errors import FlexcliError
@@ -70,7 +78,7 @@ def named_config(name: str, **overrides) -> DiTConfig:
 
 def heads_for(depth: int, hidden_size: int) -> tuple[int, str]:
     """The head count of the named config with this depth and width, else width/64 (an assumption)."""
-    for d, w, h in list(_SIZES.values()) + list(_TINY.values()):
+    for d, w, h in list(_SIZES.values()) + list(_TINY.values()) + [_FMNIST]:
         if (d, w) == (depth, hidden_size):
             return h, "named config"
     if hidden_size % 64 == 0:

@@ -37,13 +37,17 @@ class ForwardCost:
 
 
 def forward_cost(cfg: DiTConfig, patch_size: int | None = None, batch: int = 1, *, lora_rank: int = 0,
-                 shared_projection: bool = False, input_size: int | None = None) -> ForwardCost:
-    """MACs of `batch` forward passes of a DiT at `patch_size` (unmerged LoRAs of `lora_rank` if > 0)."""
+                 shared_projection: bool = False, input_size: int | tuple[int, int] | None = None) -> ForwardCost:
+    """MACs of `batch` forward passes of a DiT at `patch_size` (unmerged LoRAs of `lora_rank` if > 0).
+
+    `input_size` is the latent side, or (height, width) for a rectangular latent; default the config's.
+    """
     p = patch_size or cfg.patch_size
     side = input_size or cfg.input_size
-    if side % p:
+    height, width = side if isinstance(side, tuple) else (side, side)
+    if height % p or width % p:
         raise ValueError(f"patch size {p} does not divide the latent size {side}")
-    T = (side // p) ** 2
+    T = (height // p) * (width // p)
     D, H, C, Co = cfg.hidden_size, cfg.mlp_hidden, cfg.in_channels, cfg.out_channels
     b = {
         "patch_embed": T * C * p * p * D,
@@ -73,3 +77,25 @@ def model_cost(model, patch_size: int | None = None, batch: int = 1, merged: boo
     rank = flex.lora_rank if (flex is not None and flex.mode == "lora" and not merged) else 0
     shared = flex is not None and flex.mode == "shared"
     return forward_cost(model.config, patch_size, batch, lora_rank=rank, shared_projection=shared)
+
+
+def packed_forward_cost(cfg: DiTConfig, patch_sizes: list[int], batch: int = 1, *, lora_rank: int = 0,
+                        shared_projection: bool = False, dense_attention: bool = True) -> ForwardCost:
+    """MACs of one packed forward pass (paper App. B.2, Fig. 12; `flexcli.flex.packing.forward_packed`).
+
+    Each of the `batch` rows holds one sequence per entry of `patch_sizes`, back to back, with a block-diagonal
+    attention mask. Everything but attention costs what separate passes cost (each segment has its own
+    conditioning, embeddings and LoRAs). Attention computed densely over the packed row costs
+    2 (sum T)^2 D per block; `dense_attention=False` is a kernel that skips the masked blocks: 2 sum(T^2) D.
+    """
+    parts = [forward_cost(cfg, p, batch, lora_rank=lora_rank, shared_projection=shared_projection)
+             for p in patch_sizes]
+    breakdown: dict = {}
+    for c in parts:
+        for k, v in c.breakdown.items():
+            breakdown[k] = breakdown.get(k, 0) + v
+    total_tokens = sum(c.tokens for c in parts)
+    if dense_attention:
+        breakdown["attention"] = batch * cfg.depth * 2 * total_tokens * total_tokens * cfg.hidden_size
+    macs = sum(breakdown.values())
+    return ForwardCost(min(patch_sizes), total_tokens, macs, breakdown)

@@ -1,0 +1,140 @@
+"""Scenario 2: end-to-end sampling time of patch schedules at about 100 / 75 / 50 % compute vs their FLOPs ratio.
+
+A random DiT is flexified (LoRA mode, one weak size); `flexcli.sampling` picks the x/x schedule that meets each
+compute target (`--compute`) with the exact FLOPs model, then whole sampling runs (noise, every step with
+classifier-free guidance, the solver) are timed, interleaved round-robin so that drift in machine speed hits
+every schedule alike; the median over repeats is reported. One CSV row per schedule: the FLOPs ratio and the
+measured time ratio vs the all-powerful schedule, and how far the time ratio lies above the FLOPs ratio.
+
+At tiny sizes per-step Python and kernel-launch overhead does not shrink with the patch size, so the time ratio
+stays above the FLOPs ratio; choose a model where compute dominates (DiT-S/2 at 32x32 on a CPU).
+
+    python benchmarks/sample_schedules.py --model DiT-S/2 --out benchmarks/results/sample_schedules_cpu.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from flexcli import __version__
+from flexcli.flex.adapter import flexify_model
+from flexcli.flex.lora import merge_loras
+from flexcli.models.configs import named_config
+from flexcli.models.dit import DiT
+from flexcli.sampling import SampleConfig, make_plan, sample_latents
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="DiT-S/2")
+    ap.add_argument("--input-size", type=int, default=32)
+    ap.add_argument("--weak-patch", type=int, default=4)
+    ap.add_argument("--lora-rank", type=int, default=32)
+    ap.add_argument("--merge-lora", action="store_true", help="merge LoRAs into per-size weights (no LoRA FLOPs)")
+    ap.add_argument("--targets", default="1.0,0.75,0.5", help="compute fractions")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--solver", default="ddpm")
+    ap.add_argument("--num-samples", type=int, default=4, help="one batch; CFG doubles it")
+    ap.add_argument("--packing", default="separate")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sample_schedules.csv"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    cfg = named_config(args.model, input_size=args.input_size, num_classes=1000)
+    model = DiT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.02)
+    flexify_model(model, [args.weak_patch], "lora", args.lora_rank)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B" in name:
+                p.normal_(0, 0.02)
+    if args.merge_lora:
+        merge_loras(model)
+    model.to(device).eval()
+
+    runs = {}
+    for target in [float(s) for s in args.targets.split(",")]:
+        sc = SampleConfig(num_samples=args.num_samples, steps=args.steps, solver=args.solver, cfg_scale=4.0,
+                          compute=target, batch_size=args.num_samples, packing=args.packing,
+                          merge_lora=args.merge_lora, seed=0)
+        runs[target] = (sc, make_plan(sc, model))
+    indices = list(range(args.num_samples))
+    times: dict[float, list[float]] = {k: [] for k in runs}
+    for i in range(args.warmup + args.repeats):
+        for target, (sc, plan) in runs.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            sample_latents(model, sc, plan, indices, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times[target].append(time.perf_counter() - start)
+
+    base = max(runs)  # the all-powerful (or highest-compute) schedule is the reference
+    base_s = statistics.median(times[base])
+    base_macs = sum(runs[base][1].step_macs)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    rows = []
+    for target, (sc, plan) in runs.items():
+        med = statistics.median(times[target])
+        flops_ratio = sum(plan.step_macs) / base_macs
+        time_ratio = med / base_s
+        rows.append({
+            "scenario": "sample_schedules", "model": args.model, "input_size": cfg.input_size,
+            "weak_patch": args.weak_patch, "lora": "merged" if args.merge_lora else f"unmerged r{args.lora_rank}",
+            "target": target, "schedule": plan.schedule.spec.split(" ")[0], "steps": args.steps,
+            "solver": args.solver, "num_samples": args.num_samples, "packing": args.packing,
+            "compute_fraction": round(sum(plan.step_macs) / (plan.baseline_step_macs * plan.schedule.steps), 4),
+            "gflops_per_sample": round(2 * sum(plan.step_macs) / 1e9, 4),
+            "time_s_median": round(med, 4), "time_ratio": round(time_ratio, 4), "flops_ratio": round(flops_ratio, 4),
+            "time_over_flops": round(time_ratio / flops_ratio, 4), "repeats": args.repeats,
+            "device": f"{device.type}:{device_name}", "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "flexcli": __version__, "git_sha": _git_sha(),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, args.out)
+    for r in rows:
+        print(f"target {r['target']:.2f} schedule {r['schedule']:>9}: {r['time_s_median']:8.3f} s  "
+              f"time ratio {r['time_ratio']:.3f}  FLOPs ratio {r['flops_ratio']:.3f}  "
+              f"time/FLOPs {r['time_over_flops']:.3f}", file=sys.stderr)
+    print(args.out)
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

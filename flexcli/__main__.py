@@ -1,0 +1,4 @@
+"""`python -m flexcli ...` (and `torchrun ... -m flexcli sample ...`)."""
+from flexcli.cli import main
+
+main()

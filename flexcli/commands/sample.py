@@ -1,0 +1,79 @@
+"""`flexcli sample`: generate samples with a patch schedule (weak first), weak guidance and packing."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flexcli.console import err, result, user_errors
+
+
+def _labels(text: Optional[str]) -> Optional[list[int]]:
+    from flexcli.errors import FlexcliError
+
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise FlexcliError(f"--class-labels '{text}' is not a comma-separated list of integers",
+                           "pass e.g. --class-labels 207,360,387") from None
+
+
+def sample(
+    checkpoint: Path = typer.Argument(..., help="A DiT or flexified checkpoint."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created atomically)."),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Number of samples (default: 8)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: 250)."),
+    solver: Optional[str] = typer.Option(None, help="ddpm (DiT's learned sigma), ddim or dpm++2m (default: ddpm)."),
+    eta: Optional[float] = typer.Option(None, help="DDIM eta (default: 0)."),
+    cfg_scale: Optional[float] = typer.Option(None, help="Guidance scale s_cfg1; 1 disables guidance (default: 4.0)."),
+    cfg_scale_weak: Optional[float] = typer.Option(None, help="Weak-guidance scale s_cfg2 (default: from (1 - s1) / (1 - s2) = 2.5)."),
+    guidance: Optional[str] = typer.Option(None, help="weak (paper §3.4) or cfg (null label at p_uncond) (default: weak)."),
+    guided_channels: Optional[int] = typer.Option(None, help="Guide only the first N eps channels (3: DiT's FIDs) (default: all)."),
+    class_labels: Optional[str] = typer.Option(None, help="Comma-separated labels, cycled (default: drawn from --seed)."),
+    seed: Optional[int] = typer.Option(None, help="Base seed: sample i uses seed+i (default: 0)."),
+    schedule: Optional[str] = typer.Option(None, help="x/y (powerful for the last x cond / y guidance steps), or segments P:N,P:N (A/B: one list per branch)."),
+    compute: Optional[float] = typer.Option(None, help="Target compute fraction: picks the x/x schedule that meets it."),
+    weak_patch: Optional[int] = typer.Option(None, help="Weak patch size for x/y and --compute (default: smallest weak size)."),
+    order: Optional[str] = typer.Option(None, help="weak-first (paper) or weak-last (ablation) (default: weak-first)."),
+    packing: Optional[str] = typer.Option(None, help="separate or packed (block-diagonal mask) for mixed steps (default: separate)."),
+    batch_size: Optional[int] = typer.Option(None, help="Samples per forward batch per process (default: 16)."),
+    vae: Optional[Path] = typer.Option(None, help="Local diffusers AutoencoderKL folder; without it latents are saved."),
+    merge_lora: Optional[bool] = typer.Option(None, "--merge-lora/--no-merge-lora", help="Merge LoRAs per size (default: no)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:1 (default: auto)."),
+    dtype: Optional[str] = typer.Option(None, help="float32, float64, bfloat16 or float16 (autocast) (default: float32)."),
+    recipe: Optional[Path] = typer.Option(None, help="YAML recipe: defaults < recipe < flags."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+) -> None:
+    """Sample with a FlexiDiT: weak patch sizes for the first steps, weak guidance, optional packing."""
+    with user_errors():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from flexcli.sampling import resolve_config, run
+
+        cli = dict(checkpoint=str(checkpoint), out=str(out), num_samples=num_samples, steps=steps, solver=solver,
+                   eta=eta, cfg_scale=cfg_scale, cfg_scale_weak=cfg_scale_weak, guidance=guidance,
+                   guided_channels=guided_channels, class_labels=_labels(class_labels), seed=seed,
+                   schedule=schedule, compute=compute, weak_patch=weak_patch, order=order, packing=packing,
+                   batch_size=batch_size, vae=str(vae) if vae else None, merge_lora=merge_lora, device=device, dtype=dtype,
+                   force=force)
+        cfg = resolve_config(cli, recipe)
+        total_steps = cfg.num_samples * cfg.steps
+        with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                      TimeElapsedColumn(), console=err, transient=True,
+                      disable=os.environ.get("RANK", "0") != "0") as bar:
+            task = bar.add_task("sample", total=total_steps, info="")
+            done = {"steps": 0}
+
+            def progress(info: dict) -> None:
+                done["steps"] += info["batch"]
+                bar.update(task, completed=min(done["steps"], total_steps),
+                           info=f"samples {info['samples_done']}/{cfg.num_samples} step {info['step']}/{info['steps']} "
+                                f"compute {info['compute_fraction']:.3f}")
+
+            path = run(cfg, progress, notes=lambda s: err.print(s))
+        if path is not None:
+            result(str(path))

@@ -1,0 +1,155 @@
+"""Patch schedules (paper §3.3): the patch size of every sampling step, for the conditional and the guidance
+(unconditional) branch separately. Step 0 is the noisiest step.
+
+Accepted forms (`parse_schedule`):
+* `x/y` (the paper's App. B.4 form): the conditional branch runs the LAST x steps at the powerful patch size,
+  the guidance branch the last y steps; earlier steps run at the weak size. `x` alone means `x/x`.
+* segments `P:N,P:N,...`, in sampling order, e.g. `8:50,4:100,2:100` (50 steps at 8, then 100 at 4, then 100
+  at 2). The counts must add up to the number of steps. `A/B` with two segment lists gives the conditional
+  and the guidance branch separately, e.g. `4:150,2:100/4:200,2:50`.
+* an explicit per-step list (from a recipe): `[4, 4, ..., 2]`, or `{cond: [...], uncond: [...]}`.
+`--compute F` picks the `x/x` schedule whose compute fraction is the largest one not above F (`for_compute`).
+`weak-last` ordering (the paper's Fig. 19 ablation) reverses each branch: powerful first, weak last.
+
+This module knows nothing about models: costs come in as callables.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from flexcli.errors import FlexcliError
+
+ORDERS = ("weak-first", "weak-last")
+StepCost = Callable[[int, "int | None"], float]  # (p_cond, p_uncond or None) -> cost of one step
+
+
+@dataclass(frozen=True)
+class PatchSchedule:
+    cond: tuple[int, ...]
+    uncond: tuple[int, ...]
+    spec: str = ""
+
+    @property
+    def steps(self) -> int:
+        return len(self.cond)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(zip(self.cond, self.uncond))
+
+    def sizes(self) -> set[int]:
+        return set(self.cond) | set(self.uncond)
+
+    def reversed(self) -> "PatchSchedule":
+        return PatchSchedule(self.cond[::-1], self.uncond[::-1], self.spec + " (weak-last)")
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec, "cond": list(self.cond), "uncond": list(self.uncond)}
+
+
+def _bad(spec, why: str) -> FlexcliError:
+    return FlexcliError(f"cannot parse schedule '{spec}': {why}",
+                        "use x/y (powerful for the last x cond / y guidance steps, e.g. 130/130), "
+                        "segments P:N,P:N (e.g. 4:150,2:100) or A/B for the two branches")
+
+
+def powerful_last(steps: int, n_powerful: int, powerful: int, weak: int) -> tuple[int, ...]:
+    """The first steps - n at the weak size, the last n at the powerful size."""
+    return (weak,) * (steps - n_powerful) + (powerful,) * n_powerful
+
+
+def _segments(spec: str, part: str, steps: int) -> tuple[int, ...]:
+    out: list[int] = []
+    for item in part.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", item)
+        if not m:
+            raise _bad(spec, f"'{item.strip()}' is not P:N")
+        p, n = int(m.group(1)), int(m.group(2))
+        if p < 1:
+            raise _bad(spec, f"patch size {p} is not positive")
+        out += [p] * n
+    if len(out) != steps:
+        raise _bad(spec, f"the segments cover {len(out)} steps, not {steps}")
+    return tuple(out)
+
+
+def parse_schedule(spec: str, steps: int, powerful: int, weak: int | None) -> PatchSchedule:
+    """Parse `x/y`, `x` or segment lists (see the module doc) for `steps` sampling steps."""
+    text = str(spec).strip()
+    if not text:
+        raise _bad(spec, "it is empty")
+    parts = text.split("/")
+    if len(parts) > 2:
+        raise _bad(spec, "more than one '/'")
+    if all(re.fullmatch(r"\s*\d+\s*", p) for p in parts):
+        counts = [int(p) for p in parts] * (2 // len(parts))
+        for c in counts:
+            if c > steps:
+                raise _bad(spec, f"{c} powerful steps is more than the {steps} steps")
+        if weak is None and any(c < steps for c in counts):
+            raise FlexcliError(f"schedule '{spec}' needs a weak patch size but the checkpoint has only "
+                               f"patch size {powerful}", "flexify it first (flexcli flexify CKPT -p 4) or use "
+                               f"--schedule {steps}/{steps}")
+        w = weak if weak is not None else powerful
+        return PatchSchedule(powerful_last(steps, counts[0], powerful, w),
+                             powerful_last(steps, counts[1], powerful, w), text)
+    if any(":" not in p for p in parts):
+        raise _bad(spec, "mixes the x/y and P:N forms")
+    branches = [_segments(spec, p, steps) for p in parts]
+    return PatchSchedule(branches[0], branches[-1], text)
+
+
+def from_list(value, steps: int) -> PatchSchedule:
+    """An explicit per-step schedule: a list of patch sizes (both branches) or {cond: [...], uncond: [...]}."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"cond", "uncond"}
+        if unknown or "cond" not in value:
+            raise FlexcliError(f"schedule_steps has keys {sorted(value)}",
+                               "give a list, or {cond: [...], uncond: [...]}")
+        cond, uncond = value["cond"], value.get("uncond", value["cond"])
+    else:
+        cond = uncond = value
+    out = []
+    for name, lst in (("cond", cond), ("uncond", uncond)):
+        if not isinstance(lst, (list, tuple)) or not all(isinstance(p, int) and p > 0 for p in lst):
+            raise FlexcliError(f"schedule_steps ({name}) is not a list of positive patch sizes",
+                               "write e.g. schedule_steps: [4, 4, 2, 2]")
+        if len(lst) != steps:
+            raise FlexcliError(f"schedule_steps ({name}) has {len(lst)} entries for {steps} steps",
+                               "give one patch size per step")
+        out.append(tuple(lst))
+    return PatchSchedule(out[0], out[1], "explicit list")
+
+
+def schedule_cost(schedule: PatchSchedule, step_cost: StepCost, guided: bool = True) -> float:
+    return sum(step_cost(c, u if guided else None) for c, u in schedule.pairs())
+
+
+def compute_fraction(schedule: PatchSchedule, step_cost: StepCost, powerful: int, guided: bool = True) -> float:
+    """Cost of the schedule / cost of running every step of both branches at the powerful size."""
+    base = schedule.steps * step_cost(powerful, powerful if guided else None)
+    return schedule_cost(schedule, step_cost, guided) / base
+
+
+def for_compute(target: float, steps: int, step_cost: StepCost, powerful: int, weak: int | None,
+                guided: bool = True) -> PatchSchedule:
+    """The `x/x` schedule with the largest compute fraction that does not exceed `target`."""
+    if not 0 < target <= 1:
+        raise FlexcliError(f"compute target {target} is not in (0, 1]", "pass a fraction, e.g. --compute 0.6")
+    if weak is None:
+        if target < 1:
+            raise FlexcliError(f"compute target {target} needs a weak patch size but the checkpoint has only "
+                               f"patch size {powerful}", "flexify it first: flexcli flexify CKPT -p 4")
+        return parse_schedule(f"{steps}/{steps}", steps, powerful, None)
+    best = None
+    for x in range(steps + 1):
+        s = parse_schedule(f"{x}/{x}", steps, powerful, weak)
+        frac = compute_fraction(s, step_cost, powerful, guided)
+        if frac <= target + 1e-12:
+            best = s
+    if best is None:
+        floor = compute_fraction(parse_schedule("0/0", steps, powerful, weak), step_cost, powerful, guided)
+        raise FlexcliError(f"compute target {target} is below the all-weak cost ({floor:.4f} at patch size {weak})",
+                           f"pass --compute {floor:.4f} or more")
+    return PatchSchedule(best.cond, best.uncond, f"{best.spec} (from --compute {target})")

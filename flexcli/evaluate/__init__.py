@@ -1,0 +1,1 @@
+"""`flexcli evaluate`: quality vs compute of (schedule, guidance) combinations, as a Pareto front."""

@@ -1,0 +1,38 @@
+"""The sweep's link to the sample library (flexcli.sampling): `sample_fn(schedule, cfg_scale, run_dir) -> run_dir`.
+
+Every call uses the same seeds (seed, seed + 1, ...) and labels, so the combinations differ only in schedule
+and guidance scale. Other sampling settings (solver, VAE, batch size, ...) come from `options`, which take
+flexcli.sampling.SampleConfig field names (defaults < recipe < options).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flexcli.errors import FlexcliError
+
+
+def library_sample_fn(ckpt: Path, num_samples: int, seed: int = 0, steps: int = 250, recipe: Path | None = None,
+                      progress=None, **options):
+    from flexcli.sampling import resolve_config, run
+
+    base = dict(checkpoint=str(ckpt), num_samples=num_samples, seed=seed, steps=steps, **options)
+    resolve_config({**base, "out": "unused", "schedule": f"{steps}/{steps}"}, recipe)  # fail before any sampling
+
+    def sample_fn(schedule: str, cfg_scale: float, run_dir: Path) -> Path:
+        cfg = resolve_config({**base, "out": str(run_dir), "schedule": schedule, "cfg_scale": cfg_scale}, recipe)
+        run(cfg, progress)
+        if not (Path(run_dir) / "samples.npz").is_file():
+            raise FlexcliError("the sampler saved latents only (a latent-space model without a VAE)",
+                               "pass --vae DIR (a local diffusers AutoencoderKL folder) so samples are images")
+        return Path(run_dir)
+
+    def warmup(run_dir: Path) -> None:
+        """Two steps (one weak, one powerful) on one batch, so the first timed run pays no one-time costs."""
+        batch = resolve_config({**base, "out": str(run_dir)}, recipe).batch_size
+        warm = {**base, "out": str(run_dir), "steps": 2, "num_samples": min(num_samples, batch)}
+        try:
+            run(resolve_config({**warm, "schedule": "1/1"}, recipe))
+        except FlexcliError:  # no weak patch size: warm the powerful mode only
+            run(resolve_config({**warm, "schedule": "2/2"}, recipe))
+    sample_fn.warmup = warmup
+    return sample_fn

@@ -1,0 +1,92 @@
+"""Pareto front (ties, dominated points, missing values), the budget pick, and plots drawn from the CSV alone."""
+import math
+
+import pandas as pd
+import pytest
+
+from flexcli.errors import FlexcliError
+from flexcli.evaluate.pareto import COLUMNS, pareto_mask, pick_budget, read_pareto_csv, sample_flags, write_pareto_csv
+from flexcli.evaluate.plots import plot_pareto_csv
+
+
+def test_dominated_points_leave_the_front():
+    compute = [1.0, 0.8, 0.6, 0.7, 0.9]
+    fid = [2.0, 2.1, 3.0, 3.5, 2.5]
+    # (0.7, 3.5) is dominated by (0.6, 3.0); (0.9, 2.5) by (0.8, 2.1)
+    assert pareto_mask(compute, fid) == [True, True, True, False, False]
+
+
+def test_ties():
+    # exact duplicates: neither strictly dominates the other, both stay on the front
+    assert pareto_mask([0.5, 0.5], [3.0, 3.0]) == [True, True]
+    # same compute, different FID: only the lower FID
+    assert pareto_mask([0.5, 0.5], [3.0, 2.0]) == [False, True]
+    # same FID, different compute: only the cheaper
+    assert pareto_mask([0.5, 0.7], [3.0, 3.0]) == [True, False]
+    # a duplicate pair that is dominated by a third point leaves together
+    assert pareto_mask([0.5, 0.5, 0.4], [3.0, 3.0, 2.0]) == [False, False, True]
+
+
+def test_missing_values_are_never_on_the_front_and_dominate_nothing():
+    assert pareto_mask([None, 0.5, float("nan"), 0.9], [1.0, 3.0, 0.1, math.nan]) == [False, True, False, False]
+    assert pareto_mask([], []) == []
+    assert pareto_mask([0.3], [9.0]) == [True]
+
+
+def _rows():
+    return [
+        {"label": "a", "schedule": "250/250", "cfg_scale": 1.5, "compute_fraction": 1.0, "fid": 2.3},
+        {"label": "b", "schedule": "250/250", "cfg_scale": 4.0, "compute_fraction": 1.0, "fid": 2.2},
+        {"label": "c", "schedule": "130/130", "cfg_scale": 4.0, "compute_fraction": 0.6, "fid": 2.4},
+        {"label": "d", "schedule": "130/130", "cfg_scale": 1.5, "compute_fraction": 0.6, "fid": 2.9},
+        {"label": "e", "schedule": "70/70", "cfg_scale": 4.0, "compute_fraction": 0.45, "fid": 3.1},
+        {"label": "f", "schedule": "70/70", "cfg_scale": 3.0, "compute_fraction": 0.45, "fid": 3.1},
+    ]
+
+
+def test_budget_pick():
+    rows = _rows()
+    assert pick_budget(rows, 1.0)["label"] == "b"
+    assert pick_budget(rows, 0.6)["label"] == "c"  # at the budget counts; d is dominated by c
+    assert pick_budget(rows, 0.6 + 1e-12)["label"] == "c"
+    assert pick_budget(rows, 0.59)["label"] == "e"  # tie with f (same compute and FID): first in order
+    assert pick_budget(rows, 0.99)["label"] == "c"
+    with pytest.raises(FlexcliError, match="no measured point at or under compute 0.4.*0.450"):
+        pick_budget(rows, 0.4)
+    with pytest.raises(FlexcliError, match="not a positive fraction"):
+        pick_budget(rows, 0)
+    with pytest.raises(FlexcliError, match="no row has both"):
+        pick_budget([{"label": "x", "fid": 3.0}], 0.5)
+    assert sample_flags(pick_budget(rows, 0.6)) == "--schedule 130/130 --cfg-scale 4"
+    assert sample_flags({"schedule": "4:150,2:100", "cfg_scale": 1.5}) == "--schedule 4:150,2:100 --cfg-scale 1.5"
+
+
+def test_csv_round_trip_and_flags(tmp_path):
+    csv = tmp_path / "pareto.csv"
+    write_pareto_csv(_rows(), csv)
+    df = pd.read_csv(csv)
+    assert list(df.columns) == COLUMNS
+    assert list(df["compute_fraction"]) == sorted(df["compute_fraction"])
+    front = set(df[df["pareto_optimal"]]["label"])
+    assert front == {"b", "c", "e", "f"}
+    rows = read_pareto_csv(csv)
+    assert {r["label"]: r["schedule"] for r in rows}["c"] == "130/130" and rows[0]["clip"] is None
+
+
+def test_plots_from_csv_only(tmp_path):
+    csv = tmp_path / "pareto.csv"
+    rows = _rows()
+    write_pareto_csv(rows, csv)
+    files, notes = plot_pareto_csv(csv, tmp_path)
+    assert [f.name for f in files] == ["fid_vs_compute.png", "fid_vs_cfg.png"]
+    assert len(notes) == 1 and "fid_vs_clip.png skipped" in notes[0]
+    for i, r in enumerate(rows):
+        r["clip"] = 24 + r["cfg_scale"] - i * 0.1
+    write_pareto_csv(rows, csv)
+    (tmp_path / "clip").mkdir()
+    files, notes = plot_pareto_csv(csv, tmp_path / "clip")
+    assert [f.name for f in files] == ["fid_vs_compute.png", "fid_vs_cfg.png", "fid_vs_clip.png"] and not notes
+    assert all(f.stat().st_size > 10_000 for f in files)
+    empty = tmp_path / "empty.csv"
+    write_pareto_csv([{"label": "x", "fid": 1.0}], empty)
+    assert plot_pareto_csv(empty, tmp_path) == ([], ["no plots: no row has both a compute fraction and an FID"])
