@@ -11,8 +11,6 @@ timed steps of the loop's own per-step times (the loss CSV), after `--warmup` st
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import json
 import os
 import platform
@@ -25,15 +23,8 @@ from pathlib import Path
 
 import torch
 
-from flexcli import __version__
+from _common import provenance, write_csv
 
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def worker(args) -> dict:
@@ -122,17 +113,10 @@ def main(argv=None) -> Path:
                 "ms_per_step_iqr": r["ms_per_step_iqr"], "peak_rss_mib": r["peak_rss_mib"],
                 "peak_cuda_mib": r["peak_cuda_mib"], "timed_steps": args.steps, "device": device,
                 "threads": r["threads"], "load_avg_1m": round(os.getloadavg()[0], 2),
-                "torch": torch.__version__, "flexcli": __version__, "git_sha": _git_sha(),
-                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                **provenance(),
             })
             print(f"{mode:>6} p={p}: {r['steps_per_s']:.2f} steps/s, peak RSS {r['peak_rss_mib']} MiB", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, args.out)
+    write_csv(rows, args.out)
     print(args.out)
     return args.out
 

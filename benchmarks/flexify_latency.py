@@ -10,32 +10,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import datetime as dt
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from flexcli import __version__
+from _common import provenance, write_csv
 from flexcli.flex.adapter import flexify_model
 from flexcli.flex.lora import merge_loras
 from flexcli.models.configs import named_config
 from flexcli.models.dit import DiT
 from flexcli.profiling.flops import model_cost
 
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def _timer(device: torch.device):
@@ -115,16 +104,9 @@ def main(argv=None) -> Path:
             "latency_ratio_vs_original": round(med / base_ms, 4),
             "flops_ratio_vs_original": round(cost.flops / base_flops, 4),
             "repeats": args.repeats, "device": f"{device.type}:{device_name}", "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "flexcli": __version__, "git_sha": _git_sha(),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **provenance(),
         })
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, args.out)
+    write_csv(rows, args.out)
     for r in rows:
         print(f"{r['variant']:>20}: {r['latency_ms_median']:8.2f} ms  latency ratio {r['latency_ratio_vs_original']:.3f}"
               f"  FLOPs ratio {r['flops_ratio_vs_original']:.3f}", file=sys.stderr)

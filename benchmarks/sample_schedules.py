@@ -14,32 +14,21 @@ stays above the FLOPs ratio; choose a model where compute dominates (DiT-S/2 at 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from flexcli import __version__
+from _common import provenance, write_csv
 from flexcli.flex.adapter import flexify_model
 from flexcli.flex.lora import merge_loras
 from flexcli.models.configs import named_config
 from flexcli.models.dit import DiT
 from flexcli.sampling import SampleConfig, make_plan, sample_latents
 
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def main(argv=None) -> Path:
@@ -118,16 +107,9 @@ def main(argv=None) -> Path:
             "time_s_median": round(med, 4), "time_ratio": round(time_ratio, 4), "flops_ratio": round(flops_ratio, 4),
             "time_over_flops": round(time_ratio / flops_ratio, 4), "repeats": args.repeats,
             "device": f"{device.type}:{device_name}", "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "flexcli": __version__, "git_sha": _git_sha(),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **provenance(),
         })
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, args.out)
+    write_csv(rows, args.out)
     for r in rows:
         print(f"target {r['target']:.2f} schedule {r['schedule']:>9}: {r['time_s_median']:8.3f} s  "
               f"time ratio {r['time_ratio']:.3f}  FLOPs ratio {r['flops_ratio']:.3f}  "

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from flexcli import __version__
 from flexcli.errors import FlexcliError
 from flexcli.flex.adapter import MODES, added_parameter_names, flexify_model

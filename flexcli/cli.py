@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from flexcli import __version__
+from flexcli.commands.demo import demo
 from flexcli.commands.distill import distill
 from flexcli.commands.evaluate import evaluate
 from flexcli.commands.export_lora import export_lora
@@ -23,6 +24,7 @@ app.command()(quickstart)
 app.command()(evaluate)
 app.command()(sample)
 app.command()(distill)
+app.command()(demo)
 
 
 def _version(value: bool) -> None:

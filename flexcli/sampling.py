@@ -23,6 +23,7 @@ from flexcli.diffusion.process import GaussianDiffusion
 from flexcli.diffusion.samplers import SOLVERS, make_generators, per_sample_noise, run_solver, solver_timesteps
 from flexcli.diffusion.schedule import ORDERS, PatchSchedule, for_compute, from_list, parse_schedule
 from flexcli.errors import FlexcliError
+from flexcli.recipes import read_recipe
 from flexcli.io.samples import VAE_SCALE, decode, finalize_folder, load_vae, to_uint8, write_images  # noqa: F401
 
 PACKING = ("separate", "packed")
@@ -64,17 +65,7 @@ class SampleConfig:
 
 # ------------------------------------------------------------------------------------------------------
 def load_recipe(path: str | Path) -> dict:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FlexcliError(f"recipe {path} not found", "check the --recipe path")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise FlexcliError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})", "fix the file") from e
-    if not isinstance(data, dict):
-        raise FlexcliError(f"recipe {path} is not a mapping of option: value", "see recipes/ for examples")
+    data = read_recipe(path)
     known = {f.name for f in dataclasses.fields(SampleConfig)} - {"out", "force"}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import random_dit
 from flexcli.cli import app
 from flexcli.quickstart import tiny_checkpoint
 

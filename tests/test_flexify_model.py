@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import inputs, random_dit
+from conftest import inputs
 from flexcli.flex.adapter import flexify_model
 from flexcli.flex.patch_resize import bilinear_matrix
 from flexcli.models.configs import NAMED_CONFIGS
@@ -137,12 +137,12 @@ def test_weak_modes_shapes_for_every_config(name):
     model = DiT(cfg).eval()
     weak = [p for p in (4, 8, 16) if p > cfg.patch_size][:2]
     flexify_model(model, weak, mode="lora", lora_rank=2)
-    x = torch.randn(2, 4, 32, 32)
+    x = torch.randn(2, cfg.in_channels, 32, 32)
     t, y = torch.tensor([10, 900]), torch.tensor([1, 10])
     with torch.no_grad():
         for p in model.patch_sizes:
             out = model(x, t, y, patch_size=p)
-            assert out.shape == (2, 8, 32, 32)  # eps and the learned-sigma channels
+            assert out.shape == (2, 2 * cfg.in_channels, 32, 32)  # eps and the learned-sigma channels
             assert torch.isfinite(out).all()
 
 

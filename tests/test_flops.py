@@ -1,6 +1,4 @@
 """The analytic FLOPs model: the DiT paper's published numbers and torch's own flop counter."""
-import copy
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count

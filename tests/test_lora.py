@@ -1,6 +1,4 @@
 """Per-size LoRAs: merged == unmerged, peft export loads into peft, switching sizes is clean."""
-import copy
-
 import torch
 
 from conftest import inputs, random_dit

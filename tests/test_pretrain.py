@@ -8,30 +8,32 @@ import pytest
 from flexcli.train import pretrain as P
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"steps": 5, "batch_size": 8, "data_limit": 64, "warmup_steps": 2, "log_every": 1, "ckpt_every": 3}
+TINY = {"steps": 5, "batch_size": 8, "data_limit": 64, "warmup_steps": 2, "log_every": 1, "ckpt_every": 100}
 
 
 def _tiny(**kw) -> P.PretrainConfig:
     return P.resolve(ROOT / "recipes" / "base" / "fashion_mnist_dit.yaml", {**TINY, **kw})
 
 
-def test_same_seed_same_loss_curve(tmp_path):
+def test_same_seed_same_loss_curve_and_exact_resume(tmp_path):
     a = P.pretrain(_tiny(), tmp_path / "a")
-    b = P.pretrain(_tiny(), tmp_path / "b")
-    assert len(a.losses) == 5 and a.losses == b.losses  # exact, on the CPU in fp32
-    c = P.pretrain(_tiny(seed=1), tmp_path / "c")
-    assert c.losses != a.losses
-    for name in (P.EMA_NAME, P.RAW_NAME, P.CSV_NAME, P.PLOT_NAME, P.CONFIG_NAME):
+    assert len(a.losses) == 5
+    for name in (P.EMA_NAME, P.RAW_NAME, P.CSV_NAME, P.PLOT_NAME, P.CONFIG_NAME, P.STATE_NAME):
         assert (tmp_path / "a" / name).exists()
-
-
-def test_resume_continues_the_same_curve(tmp_path):
-    full = P.pretrain(_tiny(), tmp_path / "full")
-    part = P.pretrain(_tiny(), tmp_path / "part", stop_after=3)
-    rest = P.pretrain(_tiny(), tmp_path / "part", resume=True)
-    assert part.losses + rest.losses == full.losses
-    rows = (tmp_path / "part" / P.CSV_NAME).read_text().splitlines()
+    part = P.pretrain(_tiny(), tmp_path / "b", stop_after=3)  # interrupted after 3 steps ...
+    rest = P.pretrain(_tiny(), tmp_path / "b", resume=True)  # ... and resumed
+    assert part.losses + rest.losses == a.losses  # exact, on the CPU in fp32
+    rows = (tmp_path / "b" / P.CSV_NAME).read_text().splitlines()
     assert len(rows) == 1 + 5
+    assert P.pretrain(_tiny(seed=1, steps=2), tmp_path / "c").losses != a.losses[:2]
+
+
+def test_refuses_a_used_folder_without_resume(tmp_path):
+    from flexcli.errors import FlexcliError
+
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(FlexcliError, match="not empty"):
+        P.pretrain(_tiny(), tmp_path)
 
 
 def test_recipe_errors_name_the_key():

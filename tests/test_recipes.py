@@ -26,12 +26,33 @@ def _sample(path: Path) -> None:
     resolve_config({"checkpoint": "model.safetensors", "out": "out"}, path)
 
 
-VALIDATORS = {"distill": _distill, "sample": _sample}
+def _base(path: Path) -> None:
+    """recipes/base/: training the built-in default's base model (flexcli.train.pretrain) or its domain
+    classifier (flexcli.metrics.fmnist_classifier); every key is known and the header gives the exact command."""
+    header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    if "flexcli.train.pretrain" in header:
+        from flexcli.train.pretrain import resolve as resolve_pretrain
+
+        cfg = resolve_pretrain(path)
+        assert cfg.recipe == str(path) and set(load_recipe(path)) <= set(cfg.to_dict())
+        assert f"python -m flexcli.train.pretrain --recipe recipes/base/{path.name}" in header
+    elif "flexcli.metrics.fmnist_classifier" in header:
+        from flexcli.metrics.fmnist_classifier import resolve as resolve_classifier
+
+        cfg = resolve_classifier(path)
+        assert cfg.recipe == str(path) and set(load_recipe(path)) <= set(cfg.to_dict())
+        assert f"python -m flexcli.metrics.fmnist_classifier --recipe recipes/base/{path.name}" in header
+    else:
+        raise AssertionError("the header comment must give the exact training command")
+
+
+VALIDATORS = {"distill": _distill, "sample": _sample, "base": _base}
 
 
 def test_recipes_found():
     names = {p.relative_to(RECIPES).as_posix() for p in FILES}
-    assert {"distill/tiny_cpu.yaml", "distill/dit_xl2_256.yaml"} <= names
+    assert {"distill/tiny_cpu.yaml", "distill/dit_xl2_256.yaml", "base/fashion_mnist_dit.yaml",
+            "base/fashion_mnist_classifier.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.relative_to(RECIPES).as_posix())

@@ -6,6 +6,8 @@ synchronously, by `time.perf_counter`. Results are the median and spread over th
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import platform
 import statistics
@@ -151,3 +153,25 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
     return Timing(tuple(samples))
+
+
+@contextlib.contextmanager
+def measuring(compiled: bool, device_type: str, oom_problem: str, oom_fix: str):
+    """Turn the failures of a timed region into one-line FlexcliErrors: out of memory, and (with --compile)
+    a torch.compile failure. Other errors of an eager run propagate unchanged."""
+    from flexcli.errors import FlexcliError
+
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        raise FlexcliError(oom_problem, oom_fix) from e
+    except FlexcliError:
+        raise
+    except Exception as e:
+        if not compiled:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FlexcliError(f"torch.compile(fullgraph=True, mode='reduce-overhead') failed on {device_type}: "
+                           f"{type(e).__name__}: {first}",
+                           "rerun without --compile (FLEXCLI_DEBUG=1 shows the traceback)") from e
+

@@ -398,22 +398,10 @@ def _time_row(spec: ProfileSpec, variant: _Variant, model: DiT, shape: Shape, de
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(device)
 
-    try:
-        with torch.no_grad():
-            timing = lat.measure(lambda: forward(x, t, y), device, warmup, repeats, before_call=before,
-                                 after_warmup=reset_memory)
-    except torch.OutOfMemoryError as e:
-        raise FlexcliError(f"out of memory on {name} at {shape.tokens} tokens, batch {spec.batch}",
-                           "lower --batch or the sequence length") from e
-    except FlexcliError:
-        raise
-    except Exception as e:
-        if not spec.compile:
-            raise
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise FlexcliError(f"torch.compile(fullgraph=True, mode='reduce-overhead') failed on {device.type}: "
-                           f"{type(e).__name__}: {first}",
-                           "rerun without --compile (FLEXCLI_DEBUG=1 shows the traceback)") from e
+    with lat.measuring(spec.compile, device.type, f"out of memory on {name} at {shape.tokens} tokens, batch {spec.batch}",
+                       "lower --batch or the sequence length"), torch.no_grad():
+        timing = lat.measure(lambda: forward(x, t, y), device, warmup, repeats, before_call=before,
+                             after_warmup=reset_memory)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else math.nan
     if not on_cuda:
         notes.append("peak memory is measured on CUDA only")

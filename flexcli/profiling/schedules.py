@@ -264,7 +264,8 @@ def run_schedules(spec, device: torch.device | None, dtype: str, common: dict,
         if spec.compile:
             torch._dynamo.reset()  # fresh compile caches per model: no recompilation limits, no stale graphs
             sampler_model = _CompiledModel(v.model, device)
-        try:
+        with lat.measuring(spec.compile, device.type, f"out of memory on {name} sampling a batch of {spec.batch}",
+                           "lower --batch"):
             for key, r in timed.items():
                 say(f"warm-up: {v.label} lora={v.lora} {r.schedule} {key[2]} ({warmup} short samples)")
                 wcfg, wplan = _warmup_plan(r)
@@ -282,18 +283,6 @@ def run_schedules(spec, device: torch.device | None, dtype: str, common: dict,
                     samples.setdefault(key, []).extend(t.samples_ms)
                     if on_cuda:
                         peak_mem[key] = max(peak_mem.get(key, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
-        except torch.OutOfMemoryError as e:
-            raise FlexcliError(f"out of memory on {name} sampling a batch of {spec.batch}",
-                               "lower --batch") from e
-        except FlexcliError:
-            raise
-        except Exception as e:
-            if not spec.compile:
-                raise
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise FlexcliError(f"torch.compile(fullgraph=True, mode='reduce-overhead') failed on {device.type}: "
-                               f"{type(e).__name__}: {first}",
-                               "rerun without --compile (FLEXCLI_DEBUG=1 shows the traceback)") from e
     if spec.compile:
         torch._dynamo.reset()
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flexcli.errors import FlexcliError
+from flexcli.recipes import read_recipe
 
 TIMESTEP_SAMPLING = ("uniform", "low")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -145,18 +146,7 @@ def from_mapping(values: dict, base: DistillConfig | None = None, where: str = "
 
 def load_recipe(path: str | Path) -> dict:
     """Read a recipe YAML file (safe_load) -> a mapping of settings."""
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise FlexcliError(f"recipe {path} not found", "pass a YAML file, e.g. recipes/distill/tiny_cpu.yaml")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise FlexcliError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})", "fix the file") from e
-    if not isinstance(values, dict):
-        raise FlexcliError(f"recipe {path} is not a mapping of settings", "write it as 'key: value' lines")
-    return values
+    return read_recipe(path)
 
 
 def resolve(recipe: str | Path | None = None, overrides: dict | None = None) -> DistillConfig:

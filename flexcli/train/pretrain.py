@@ -151,6 +151,21 @@ class PretrainResult:
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, stop_after: int | None = None,
              say=None) -> PretrainResult:
     """Train `cfg.model` from scratch on `cfg.data`; `say(message)` gets progress lines (the library never prints)."""
+    say = say or (lambda msg: None)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise FlexcliError(f"output folder {out_dir} is not empty", "pass --resume to continue it, or another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _pretrain(cfg, out_dir, resume, stop_after, say)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(cfg: PretrainConfig, out_dir: Path, resume: bool, stop_after: int | None, say) -> PretrainResult:
     from flexcli.data import load_training_data
     from flexcli.diffusion.process import GaussianDiffusion
     from flexcli.models.configs import named_config
@@ -159,13 +174,6 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, 
     from flexcli.train.logs import LossLog, plot_losses
     from flexcli.train.state import EMA, DataOrder, load_state, save_state, set_rng_state
 
-    say = say or (lambda msg: None)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise FlexcliError(f"output folder {out_dir} is not empty", "pass --resume to continue it, or another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     model_cfg = named_config(cfg.model, class_dropout_prob=cfg.label_dropout)
     data = load_training_data(cfg.data, model_cfg, limit=cfg.data_limit)
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,162 @@
+"""The main job on the built-in default (issue #7): the paper's method end to end on Fashion-MNIST, on a CPU.
+
+1. flexify the shipped base (`DiT-FMNIST/4`, 64 tokens) with the weak patch 8 (16 tokens, LoRA mode);
+2. distil the weak mode from the powerful one (§3.2) on Fashion-MNIST;
+3. sweep weak-first schedules x guidance scales with the same seeds and labels (`flexcli.evaluate.core.sweep`),
+   against the Fashion-MNIST test split, with the shipped domain classifier as the feature extractor
+   (`--features fmnist`: FID/KID/precision/recall) and its class-conditional accuracy;
+4. write `pareto.csv` (with a `class_accuracy` column) and the plots.
+
+The library never prints: `progress(stage, done, total)` reports each stage (distill steps, sampled settings).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from flexcli.errors import FlexcliError
+
+BASE = Path(__file__).resolve().parent / "assets" / "fashion_mnist_dit" / "model.safetensors"
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class JobSettings:
+    weak_patch: int = 8
+    distill_steps: int = 600
+    distill_batch: int = 64
+    distill_lr: float = 1e-3
+    num_samples: int = 500
+    ref_images: int = 2000
+    steps: int = 50
+    solver: str = "ddpm"
+    schedules: list[str] = field(default_factory=lambda: ["50/50", "40/40", "30/30", "23/23", "15/15"])
+    cfg_scales: list[float] = field(default_factory=lambda: [1.5, 2.5, 4.0])
+    guidance: str = "cfg"
+    batch_size: int = 100
+    seed: int = 0
+
+
+QUICK = JobSettings(distill_steps=60, num_samples=100, ref_images=500, steps=20, schedules=["20/20", "10/10"],
+                    cfg_scales=[2.5])
+
+
+def settings(quick: bool = False, **overrides) -> JobSettings:
+    base = QUICK if quick else JobSettings()
+    return JobSettings(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def write_reference(path: Path, n: int, side: int = 32) -> Path:
+    """The first n Fashion-MNIST test images as the model sees them (padded to side x side), uint8 NHWC .npz."""
+    import numpy as np
+    import torch
+
+    from flexcli.data import fashion_mnist, to_model_size
+    from flexcli.io.samples import to_uint8
+
+    images, _ = fashion_mnist("test")
+    x = to_model_size(images[:n].float().unsqueeze(1) / 127.5 - 1.0, side)
+    np.savez(path, arr_0=to_uint8(x).numpy())
+    return path
+
+
+def _class_accuracy(source: Path) -> float | None:
+    """Class-conditional accuracy of a `flexcli sample` run (its folder or its samples.npz)."""
+    import numpy as np
+    import torch
+
+    from flexcli.metrics.fmnist_classifier import class_accuracy
+
+    run_dir = source if source.is_dir() else source.parent
+    run = json.loads((run_dir / "run.json").read_text())
+    labels = run.get("labels") or run.get("class_labels")
+    if not labels:
+        return None
+    with np.load(run_dir / "samples.npz") as z:
+        images = torch.from_numpy(z["arr_0"])
+    return class_accuracy(images, labels[:len(images)])["accuracy"]
+
+
+def run_main_job(out: str | Path, *, quick: bool = False, base: str | Path | None = None, force: bool = False,
+                 progress: Progress | None = None, job: JobSettings | None = None) -> dict:
+    """Everything above; returns {"pareto_csv", "files", "rows", "distilled", "seconds"}."""
+    from flexcli.api import flexify_checkpoint
+    from flexcli.evaluate.core import sweep
+    from flexcli.evaluate.pareto import read_pareto_csv, write_pareto_csv
+    from flexcli.evaluate.plots import plot_pareto_csv
+    from flexcli.evaluate.sampling import library_sample_fn
+    from flexcli.io.atomic import check_output
+    from flexcli.metrics import fmnist_classifier
+    from flexcli.metrics.fid import MetricOptions
+    from flexcli.train import distill
+    from flexcli.train.config import from_mapping
+
+    progress = progress or (lambda stage, done, total: None)
+    job = job or settings(quick)
+    base = Path(base) if base is not None else BASE
+    if not base.exists():
+        raise FlexcliError(f"base checkpoint {base} not found",
+                           "train it: python -m flexcli.train.pretrain --recipe recipes/base/fashion_mnist_dit.yaml "
+                           "--out runs/base")
+    fmnist_classifier.load_classifier()  # fails early, with the command to train it
+    fmnist_classifier.register()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FlexcliError(f"output folder {out} is not empty", "pass --force to replace it or choose another --out")
+    if out.exists() and force:
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    start = time.perf_counter()
+    work = out / "work"
+    work.mkdir()
+
+    progress("reference", 0, 1)
+    ref = write_reference(work / "fashion_mnist_test.npz", job.ref_images)
+    progress("reference", 1, 1)
+
+    progress("flexify", 0, 1)
+    flex, _, _ = flexify_checkpoint(base, [job.weak_patch], work / "base-flex.safetensors", force=True)
+    progress("flexify", 1, 1)
+
+    cfg = from_mapping({"data": "fashion-mnist", "data_limit": 4096, "steps": job.distill_steps,
+                        "batch_size": job.distill_batch, "lr": job.distill_lr, "grad_clip": 1.0,
+                        "ema_decay": 0.999, "ema_warmup": True, "seed": job.seed,
+                        "ckpt_every": max(job.distill_steps, 1)}, where="main job")
+
+    def on_step(event, data):
+        if event == "step":
+            progress("distill", data.step, data.steps)
+    res = distill(flex, work / "distill", config=cfg, callback=on_step)
+
+    n_settings = len(job.schedules) * len(job.cfg_scales)
+    done = {"n": 0}
+
+    def on_sweep(message: str) -> None:
+        if message.startswith("sampling schedule"):
+            progress("sample", done["n"], n_settings)
+            done["n"] += 1
+        elif message.startswith("["):
+            progress("metrics", int(message[1:message.index("/")]), n_settings)
+    fn = library_sample_fn(res.checkpoint, job.num_samples, job.seed, job.steps, None, solver=job.solver,
+                           guidance=job.guidance, batch_size=job.batch_size, class_labels=list(range(10)))
+    opts = MetricOptions(features=fmnist_classifier.FEATURES_NAME, metrics=("fid", "kid", "prc"),
+                         kid_subset_size=min(1000, job.num_samples), kid_subsets=20, cache_dir=work / "cache")
+    ev = sweep(fn, job.schedules, job.cfg_scales, ref, out / "sweep", opts, ckpt=res.checkpoint, steps=job.steps,
+               num_samples=job.num_samples, progress=on_sweep)
+    progress("sample", n_settings, n_settings)
+    rows = ev.rows
+    for r in rows:
+        r["class_accuracy"] = _class_accuracy(Path(r["source"]))
+    csv = out / "pareto.csv"
+    write_pareto_csv(rows, csv)
+    files, notes = plot_pareto_csv(csv, out)
+    summary = {"settings": asdict(job), "quick": quick, "base": str(base), "distilled": str(res.checkpoint),
+               "distill_final_loss": res.final_loss, "seconds": round(time.perf_counter() - start, 1),
+               "notes": notes}
+    (out / "job.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return {"pareto_csv": csv, "files": [csv, *files, out / "job.json"], "rows": read_pareto_csv(csv),
+            "distilled": res.checkpoint, "seconds": summary["seconds"]}
