@@ -27,22 +27,22 @@ Progress = Callable[[str, int, int], None]
 @dataclass
 class JobSettings:
     weak_patch: int = 8
-    distill_steps: int = 600
+    distill_steps: int = 1000
     distill_batch: int = 64
     distill_lr: float = 1e-3
-    num_samples: int = 500
+    num_samples: int = 400
     ref_images: int = 2000
     steps: int = 50
     solver: str = "ddpm"
     schedules: list[str] = field(default_factory=lambda: ["50/50", "40/40", "30/30", "23/23", "15/15"])
-    cfg_scales: list[float] = field(default_factory=lambda: [1.5, 2.5, 4.0])
+    cfg_scales: list[float] = field(default_factory=lambda: [2.0, 4.0, 6.0])
     guidance: str = "cfg"
     batch_size: int = 100
     seed: int = 0
 
 
-QUICK = JobSettings(distill_steps=60, num_samples=100, ref_images=500, steps=20, schedules=["20/20", "10/10"],
-                    cfg_scales=[2.5])
+QUICK = JobSettings(distill_steps=400, num_samples=100, ref_images=500, steps=20, schedules=["20/20", "10/10"],
+                    cfg_scales=[4.0])
 
 
 def settings(quick: bool = False, **overrides) -> JobSettings:

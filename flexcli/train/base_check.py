@@ -1,6 +1,6 @@
 """Check a Fashion-MNIST base model (issue #7): sample it, classify the samples, draw a class-sorted grid.
 
-    python -m flexcli.train.base_check CKPT --out DIR [--num-samples 200 --steps 100 --cfg-scale 2.0]
+    python -m flexcli.train.base_check CKPT --out DIR [--num-samples 200 --steps 100 --cfg-scale 4.0]
 
 Samples go through `flexcli.sampling` (DDPM, all-powerful, classifier-free guidance, labels cycling 0..9 so each
 class gets the same count, seeds 0..N-1). The domain classifier (`flexcli.metrics.fmnist_classifier`) says
@@ -21,7 +21,7 @@ TARGET = 0.70
 
 
 def check_base(checkpoint: str | Path, out_dir: str | Path | None = None, *, num_samples: int = 200, steps: int = 100,
-               cfg_scale: float = 2.0, seed: int = 0, batch_size: int = 100, classifier: str | Path | None = None,
+               cfg_scale: float = 4.0, seed: int = 0, batch_size: int = 100, classifier: str | Path | None = None,
                grid_per_class: int = 10) -> dict:
     from flexcli.api import load_model
     from flexcli.metrics.fmnist_classifier import class_accuracy, load_classifier
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--num-samples", type=int, default=200)
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--cfg-scale", type=float, default=2.0)
+    ap.add_argument("--cfg-scale", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classifier", help="classifier weights (default: the shipped ones)")
     args = ap.parse_args(argv)
