@@ -64,3 +64,11 @@ def test_recipe_reproduces_the_committed_loss_curve(tmp_path):
     with open(ASSET / "losses.csv", newline="") as f:
         committed = [float(r["loss"]) for r in csv.DictReader(f)][:3]
     assert got == committed
+
+
+def test_fmnist_features_are_selectable_by_name_without_an_import():
+    """`--features fmnist` works from the CLI: the shipped classifier registers itself on first use."""
+    from flexcli.metrics.fid import feature_spec
+
+    spec = feature_spec("fmnist")
+    assert "fid" in spec.metrics

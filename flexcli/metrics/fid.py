@@ -64,9 +64,18 @@ def register_features(name: str, cls, *, metrics: tuple[str, ...] = ("fid", "kid
     return spec
 
 
+# Extractors shipped with flexcli, registered on first use (their modules import torch-fidelity and weights).
+_BUILTIN = {"fmnist": "flexcli.metrics.fmnist_classifier"}
+
+
 def feature_spec(name: str) -> FeatureSpec:
+    if name not in _REGISTRY and name in _BUILTIN:
+        import importlib
+
+        importlib.import_module(_BUILTIN[name]).register()
     if name not in _REGISTRY:
-        raise FlexcliError(f"unknown feature extractor '{name}'", f"choose one of: {', '.join(sorted(_REGISTRY))}")
+        choices = sorted(set(_REGISTRY) | set(_BUILTIN))
+        raise FlexcliError(f"unknown feature extractor '{name}'", f"choose one of: {', '.join(choices)}")
     return _REGISTRY[name]
 
 
