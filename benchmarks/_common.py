@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from flexcli import __version__
+from flexcli.models.configs import named_config
+from flexcli.models.dit import DiT
 
 
 def git_sha() -> str:
@@ -36,3 +38,14 @@ def write_csv(rows: list[dict], path: Path) -> Path:
         writer.writerows(rows)
     os.replace(tmp, path)
     return path
+
+
+def random_dit(model: str, input_size: int, seed: int = 0, std: float = 0.02) -> DiT:
+    """A named-config DiT with every trainable weight drawn at random (DiT's init zeroes adaLN and the output)."""
+    torch.manual_seed(seed)
+    dit = DiT(named_config(model, input_size=input_size, num_classes=1000)).eval()
+    with torch.no_grad():
+        for p in dit.parameters():
+            if p.requires_grad:
+                p.normal_(0, std)
+    return dit

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 
-from _common import provenance, write_csv
+from _common import provenance, random_dit, write_csv
 from flexcli.flex.adapter import flexify_model
 from flexcli.flex.lora import merge_loras
-from flexcli.models.configs import named_config
-from flexcli.models.dit import DiT
 from flexcli.profiling.flops import model_cost
 
 
@@ -53,13 +51,8 @@ def main(argv=None) -> Path:
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    cfg = named_config(args.model, input_size=args.input_size, num_classes=1000)
-    original = DiT(cfg).eval()
-    with torch.no_grad():
-        for p in original.parameters():
-            if p.requires_grad:
-                p.normal_(0, 0.02)
+    original = random_dit(args.model, args.input_size)
+    cfg = original.config
     unmerged = flexify_model(copy.deepcopy(original), [args.weak_patch], "lora", args.lora_rank)
     with torch.no_grad():
         for name, p in unmerged.named_parameters():

@@ -8,6 +8,7 @@ The library never prints: progress goes to the `progress(info)` callback.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import platform
 import sys
@@ -246,7 +247,7 @@ def sample_latents(model, cfg: SampleConfig, plan: Plan, indices: list[int], dev
     """Final latents (len(indices), C, H, W) for the given global sample indices, in batches of cfg.batch_size."""
     mc = model.config
     out = []
-    cum = [sum(plan.step_macs[: k + 1]) for k in range(len(plan.step_macs))]
+    cum = list(itertools.accumulate(plan.step_macs))  # MACs done after each step
     for start in range(0, len(indices), cfg.batch_size):
         idx = indices[start:start + cfg.batch_size]
         gens = make_generators([cfg.seed + i for i in idx])

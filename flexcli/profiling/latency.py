@@ -175,3 +175,14 @@ def measuring(compiled: bool, device_type: str, oom_problem: str, oom_fix: str):
                            f"{type(e).__name__}: {first}",
                            "rerun without --compile (FLEXCLI_DEBUG=1 shows the traceback)") from e
 
+
+def resolve_peaks(device_name: str, dtype: str, on_cuda: bool, peak_tflops: float | None,
+                  peak_bandwidth: float | None, notes: list[str]) -> tuple[float, float]:
+    """(peak TFLOP/s, peak TB/s): the user's --peak-* values, else the known ones (CUDA only), else NaN
+    with a note saying how to supply them."""
+    known_tflops, known_tbps = known_peaks(device_name, dtype) if on_cuda else (math.nan, math.nan)
+    tflops, tbps = peak_tflops or known_tflops, peak_bandwidth or known_tbps
+    if math.isnan(tflops) or math.isnan(tbps):
+        notes.append("no known peak for this device and dtype: pass --peak-tflops and --peak-bandwidth")
+    return tflops, tbps
+

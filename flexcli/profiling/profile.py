@@ -405,11 +405,7 @@ def _time_row(spec: ProfileSpec, variant: _Variant, model: DiT, shape: Shape, de
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else math.nan
     if not on_cuda:
         notes.append("peak memory is measured on CUDA only")
-    known_tflops, known_tbps = lat.known_peaks(name, dtype) if on_cuda else (math.nan, math.nan)
-    peak_tflops = spec.peak_tflops or known_tflops
-    peak_tbps = spec.peak_bandwidth or known_tbps
-    if math.isnan(peak_tflops) or math.isnan(peak_tbps):
-        notes.append("no known peak for this device and dtype: pass --peak-tflops and --peak-bandwidth")
+    peak_tflops, peak_tbps = lat.resolve_peaks(name, dtype, on_cuda, spec.peak_tflops, spec.peak_bandwidth, notes)
     batch_flops = variant.cost(model, shape, spec.batch).flops
     achieved = batch_flops / (timing.median / 1e3) / 1e12
     return {

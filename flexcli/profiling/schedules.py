@@ -300,11 +300,7 @@ def run_schedules(spec, device: torch.device | None, dtype: str, common: dict,
         notes.append("timed: sample_latents (noise, steps, solver), no VAE or PNG writing")
         if not on_cuda:
             notes.append("peak memory is measured on CUDA only")
-        known_tflops, known_tbps = lat.known_peaks(name, dtype) if on_cuda else (math.nan, math.nan)
-        peak_tflops = spec.peak_tflops or known_tflops
-        peak_tbps = spec.peak_bandwidth or known_tbps
-        if math.isnan(peak_tflops) or math.isnan(peak_tbps):
-            notes.append("no known peak for this device and dtype: pass --peak-tflops and --peak-bandwidth")
+        peak_tflops, peak_tbps = lat.resolve_peaks(name, dtype, on_cuda, spec.peak_tflops, spec.peak_bandwidth, notes)
         achieved = row["batch_flops"] / (timing.median / 1e3) / 1e12
         row.update({
             "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "compile": spec.compile,
