@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-FLEXCLI="$ROOT/.venv/bin/flexcli"
-PY="$ROOT/.venv/bin/python"
+# The project's venv, or (on a machine that brings its own CUDA torch) PY=python3 with flexcli on PYTHONPATH.
+PY=${PY:-$ROOT/.venv/bin/python}
+FLEXCLI=("$PY" -m flexcli)
 START=$SECONDS
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
@@ -23,12 +24,14 @@ START=$SECONDS
 
 COMMON=(--model DiT-XL/2 --patch-sizes 2,4 --dtype bf16 --device cuda --batch 2 --repeats 100 --warmup 10 --force)
 # The acceptance row (512, compiled) first, so that it is measured even if the machine is slower than expected.
-for run in "512 compiled" "512 eager" "256 eager" "256 compiled"; do
+# RUNS picks a subset, e.g. RUNS="512 compiled,256 eager" on a short lease.
+IFS=, read -r -a RUN_LIST <<< "${RUNS:-512 compiled,512 eager,256 eager,256 compiled}"
+for run in "${RUN_LIST[@]}"; do
   set -- $run
   flags=()
   if [ "$2" = compiled ]; then flags=(--compile); fi
   echo "== DiT-XL/2 ${1}x${1} $2 ($((SECONDS - START)) s elapsed)" >&2
-  "$FLEXCLI" profile "${COMMON[@]}" --image-size "$1" ${flags[@]+"${flags[@]}"} -o "$OUT/xl2_${1}_${2}.csv"
+  "${FLEXCLI[@]}" profile "${COMMON[@]}" --image-size "$1" ${flags[@]+"${flags[@]}"} -o "$OUT/xl2_${1}_${2}.csv"
 done
 
 # Schedule-level rows: whole 250-step DDPM sampling runs with guidance (cfg scale 4) of 8 samples, DiT-XL/2 at
@@ -39,10 +42,10 @@ done
 # samples) + 2 timed rounds + building the model: about 1-1.5 min. If the forward runs above took long, only
 # one round is timed. SCHEDULES=250/250,130/130,70/70,130/70 adds a schedule with mixed steps, where the two
 # packings differ (~10 s more per round).
-SCHED_REPEATS=2
+SCHED_REPEATS=${SCHED_REPEATS:-2}
 if [ $((SECONDS - START)) -gt 330 ]; then SCHED_REPEATS=1; fi
 echo "== DiT-XL/2 256x256 schedules, batch 8, $SCHED_REPEATS round(s) ($((SECONDS - START)) s elapsed)" >&2
-"$FLEXCLI" profile --model DiT-XL/2 --image-size 256 --schedules "${SCHEDULES:-250/250,130/130,70/70}" \
+"${FLEXCLI[@]}" profile --model DiT-XL/2 --image-size 256 --schedules "${SCHEDULES:-250/250,130/130,70/70}" \
   --steps 250 --solver ddpm --cfg-scale 4 --batch 8 --dtype bf16 --device cuda --repeats "$SCHED_REPEATS" \
   --warmup 2 --force -o "$OUT/schedules.csv"
 

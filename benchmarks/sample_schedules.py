@@ -10,6 +10,12 @@ At tiny sizes per-step Python and kernel-launch overhead does not shrink with th
 stays above the FLOPs ratio; choose a model where compute dominates (DiT-S/2 at 32x32 on a CPU).
 
     python benchmarks/sample_schedules.py --model DiT-S/2 --out benchmarks/results/sample_schedules_cpu.csv
+
+`--checkpoint` times a real flexified checkpoint instead, and `--schedules` names the schedules (`x/y`, or
+`x/y:weak` for the weak-guidance variant of §3.4); the first one is the reference, e.g. issue #7's table:
+
+    python benchmarks/sample_schedules.py --checkpoint CKPT --merge-lora --steps 50 --num-samples 100 \
+        --schedules 50/50,40/40,30/30,23/23,20/20,10/10,0/0,30/15:weak --threads 2 --out OUT.csv
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from pathlib import Path
 import torch
 
 from _common import provenance, random_dit, write_csv
+from flexcli.api import load_model
 from flexcli.flex.adapter import flexify_model
 from flexcli.flex.lora import merge_loras
 from flexcli.sampling import SampleConfig, make_plan, sample_latents
@@ -36,7 +43,9 @@ def main(argv=None) -> Path:
     ap.add_argument("--weak-patch", type=int, default=4)
     ap.add_argument("--lora-rank", type=int, default=32)
     ap.add_argument("--merge-lora", action="store_true", help="merge LoRAs into per-size weights (no LoRA FLOPs)")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="a flexified checkpoint instead of a random model")
     ap.add_argument("--targets", default="1.0,0.75,0.5", help="compute fractions")
+    ap.add_argument("--schedules", default=None, help="x/y[:weak],... instead of --targets; the first is the reference")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--solver", default="ddpm")
     ap.add_argument("--num-samples", type=int, default=4, help="one batch; CFG doubles it")
@@ -51,23 +60,34 @@ def main(argv=None) -> Path:
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
-    model = random_dit(args.model, args.input_size)
+    if args.checkpoint is not None:
+        model = load_model(args.checkpoint, merge_lora=args.merge_lora)
+        args.model, args.weak_patch = str(args.checkpoint), min(model.patch_sizes[1:], default=None)
+        args.lora_rank = getattr(model.flex, "lora_rank", 0)
+    else:
+        model = random_dit(args.model, args.input_size)
+        flexify_model(model, [args.weak_patch], "lora", args.lora_rank)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".lora_B" in name:
+                    p.normal_(0, 0.02)
+        if args.merge_lora:
+            merge_loras(model)
     cfg = model.config
-    flexify_model(model, [args.weak_patch], "lora", args.lora_rank)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_B" in name:
-                p.normal_(0, 0.02)
-    if args.merge_lora:
-        merge_loras(model)
     model.to(device).eval()
 
+    common = dict(num_samples=args.num_samples, steps=args.steps, solver=args.solver, cfg_scale=4.0,
+                  batch_size=args.num_samples, packing=args.packing, merge_lora=args.merge_lora, seed=0)
     runs = {}
-    for target in [float(s) for s in args.targets.split(",")]:
-        sc = SampleConfig(num_samples=args.num_samples, steps=args.steps, solver=args.solver, cfg_scale=4.0,
-                          compute=target, batch_size=args.num_samples, packing=args.packing,
-                          merge_lora=args.merge_lora, seed=0)
-        runs[target] = (sc, make_plan(sc, model))
+    if args.schedules:
+        for spec in args.schedules.split(","):
+            schedule, _, guidance = spec.partition(":")
+            sc = SampleConfig(schedule=schedule, guidance=guidance or "cfg", **common)
+            runs[spec] = (sc, make_plan(sc, model))
+    else:
+        for target in [float(s) for s in args.targets.split(",")]:
+            sc = SampleConfig(compute=target, **common)
+            runs[target] = (sc, make_plan(sc, model))
     indices = list(range(args.num_samples))
     times: dict[float, list[float]] = {k: [] for k in runs}
     for i in range(args.warmup + args.repeats):
@@ -81,7 +101,7 @@ def main(argv=None) -> Path:
             if i >= args.warmup:
                 times[target].append(time.perf_counter() - start)
 
-    base = max(runs)  # the all-powerful (or highest-compute) schedule is the reference
+    base = next(iter(runs)) if args.schedules else max(runs)  # the reference: first schedule / highest compute
     base_s = statistics.median(times[base])
     base_macs = sum(runs[base][1].step_macs)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -93,7 +113,7 @@ def main(argv=None) -> Path:
         rows.append({
             "scenario": "sample_schedules", "model": args.model, "input_size": cfg.input_size,
             "weak_patch": args.weak_patch, "lora": "merged" if args.merge_lora else f"unmerged r{args.lora_rank}",
-            "target": target, "schedule": plan.schedule.spec.split(" ")[0], "steps": args.steps,
+            "target": target, "schedule": plan.schedule.spec.split(" ")[0], "guidance": sc.guidance, "steps": args.steps,
             "solver": args.solver, "num_samples": args.num_samples, "packing": args.packing,
             "compute_fraction": round(sum(plan.step_macs) / (plan.baseline_step_macs * plan.schedule.steps), 4),
             "gflops_per_sample": round(2 * sum(plan.step_macs) / 1e9, 4),
@@ -104,7 +124,7 @@ def main(argv=None) -> Path:
         })
     write_csv(rows, args.out)
     for r in rows:
-        print(f"target {r['target']:.2f} schedule {r['schedule']:>9}: {r['time_s_median']:8.3f} s  "
+        print(f"target {r['target']} schedule {r['schedule']:>9}: {r['time_s_median']:8.3f} s  "
               f"time ratio {r['time_ratio']:.3f}  FLOPs ratio {r['flops_ratio']:.3f}  "
               f"time/FLOPs {r['time_over_flops']:.3f}", file=sys.stderr)
     print(args.out)

@@ -8,7 +8,7 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci_command = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line][0].strip()
     assert ci_command in readme
-    assert "bash .ci/install && .venv/bin/flexcli quickstart --out quickstart" in readme
+    assert "bash .ci/install && .venv/bin/flexcli demo --out demo" in readme
 
 
 def test_install_pins_the_known_good_torch_pair_but_pyproject_takes_a_range():
