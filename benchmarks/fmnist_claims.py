@@ -114,13 +114,13 @@ def score(images, labels: list[int]) -> dict:
     """FID/KID/precision/recall against the reference and class accuracy, for uint8 NHWC images."""
     import torch
 
+    from flexcli.mainjob import metric_options
     from flexcli.metrics import fmnist_classifier
-    from flexcli.metrics.fid import MetricOptions, compute_metrics
+    from flexcli.metrics.fid import compute_metrics
     from flexcli.metrics.images import ImageSet
 
     ref, cache = _REF
-    opts = MetricOptions(features=fmnist_classifier.FEATURES_NAME, metrics=("fid", "kid", "prc"),
-                         kid_subset_size=min(1000, len(images)), kid_subsets=20, cache_dir=Path(cache))
+    opts = metric_options(len(images), Path(cache))
     m = compute_metrics(ImageSet.from_array(images, "samples"), ref, opts)
     acc = fmnist_classifier.class_accuracy(torch.from_numpy(images), labels)["accuracy"]
     return {"fid": m["fid"], "kid": m["kid"], "precision": m["precision"], "recall": m["recall"],
@@ -129,12 +129,10 @@ def score(images, labels: list[int]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- main
 def distill_weak(flex: Path, out: Path, a: argparse.Namespace, say) -> tuple[Path, dict]:
+    from flexcli.mainjob import distill_config
     from flexcli.train import distill
-    from flexcli.train.config import from_mapping
 
-    cfg = from_mapping({"data": "fashion-mnist", "data_limit": a.data_limit, "steps": a.distill_steps,
-                        "batch_size": a.distill_batch, "lr": a.distill_lr, "grad_clip": 1.0, "ema_decay": 0.999,
-                        "ema_warmup": True, "seed": 0, "ckpt_every": max(a.distill_steps, 1)}, where="fmnist_claims")
+    cfg = distill_config(a.distill_steps, a.distill_batch, a.distill_lr, data_limit=a.data_limit, where="fmnist_claims")
     start = time.perf_counter()
 
     def on_step(event, data):
@@ -147,7 +145,6 @@ def distill_weak(flex: Path, out: Path, a: argparse.Namespace, say) -> tuple[Pat
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    import numpy as np
     import torch
 
     from _common import provenance, write_csv

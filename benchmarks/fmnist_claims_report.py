@@ -189,8 +189,9 @@ def main(argv=None) -> int:
         lines += [f"Left out, as the time budget cut them short: {'; '.join(dropped)}.", ""]
     for claim, ok, detail in found:
         lines += [f"- **{'holds' if ok else 'NOT reached'}**: {claim}.", f"  {detail}."]
-    (a.out / "claims.md").write_text("\n".join(lines) + "\n\n" + table(df))
-    (a.out / "table.md").write_text(table(df))
+    rows = table(df)
+    (a.out / "claims.md").write_text("\n".join(lines) + "\n\n" + rows)
+    (a.out / "table.md").write_text(rows)
     plot(df, a.out / "pareto.png")
     print("\n".join(lines), file=sys.stderr)
     for name in ("claims.md", "table.md", "pareto.png"):

@@ -55,7 +55,6 @@ def settings(quick: bool = False, **overrides) -> JobSettings:
 def write_reference(path: Path, n: int, side: int = 32) -> Path:
     """The first n Fashion-MNIST test images as the model sees them (padded to side x side), uint8 NHWC .npz."""
     import numpy as np
-    import torch
 
     from flexcli.data import fashion_mnist, to_model_size
     from flexcli.io.samples import to_uint8
@@ -64,6 +63,25 @@ def write_reference(path: Path, n: int, side: int = 32) -> Path:
     x = to_model_size(images[:n].float().unsqueeze(1) / 127.5 - 1.0, side)
     np.savez(path, arr_0=to_uint8(x).numpy())
     return path
+
+
+def distill_config(steps: int, batch_size: int, lr: float, *, data_limit: int | None, seed: int = 0,
+                   where: str = "main job"):
+    """The built-in default's weak-mode distillation settings (Fashion-MNIST, clipped grads, warmed-up EMA)."""
+    from flexcli.train.config import from_mapping
+
+    return from_mapping({"data": "fashion-mnist", "data_limit": data_limit, "steps": steps, "batch_size": batch_size,
+                         "lr": lr, "grad_clip": 1.0, "ema_decay": 0.999, "ema_warmup": True, "seed": seed,
+                         "ckpt_every": max(steps, 1)}, where=where)
+
+
+def metric_options(num_samples: int, cache_dir: Path):
+    """FID/KID/precision/recall in the shipped classifier's feature space (`--features fmnist`)."""
+    from flexcli.metrics import fmnist_classifier
+    from flexcli.metrics.fid import MetricOptions
+
+    return MetricOptions(features=fmnist_classifier.FEATURES_NAME, metrics=("fid", "kid", "prc"),
+                         kid_subset_size=min(1000, num_samples), kid_subsets=20, cache_dir=cache_dir)
 
 
 def _class_accuracy(source: Path) -> float | None:
@@ -91,11 +109,8 @@ def run_main_job(out: str | Path, *, quick: bool = False, base: str | Path | Non
     from flexcli.evaluate.pareto import read_pareto_csv, write_pareto_csv
     from flexcli.evaluate.plots import plot_pareto_csv
     from flexcli.evaluate.sampling import library_sample_fn
-    from flexcli.io.atomic import check_output
     from flexcli.metrics import fmnist_classifier
-    from flexcli.metrics.fid import MetricOptions
     from flexcli.train import distill
-    from flexcli.train.config import from_mapping
 
     progress = progress or (lambda stage, done, total: None)
     job = job or settings(quick)
@@ -124,10 +139,7 @@ def run_main_job(out: str | Path, *, quick: bool = False, base: str | Path | Non
     flex, _, _ = flexify_checkpoint(base, [job.weak_patch], work / "base-flex.safetensors", force=True)
     progress("flexify", 1, 1)
 
-    cfg = from_mapping({"data": "fashion-mnist", "data_limit": 4096, "steps": job.distill_steps,
-                        "batch_size": job.distill_batch, "lr": job.distill_lr, "grad_clip": 1.0,
-                        "ema_decay": 0.999, "ema_warmup": True, "seed": job.seed,
-                        "ckpt_every": max(job.distill_steps, 1)}, where="main job")
+    cfg = distill_config(job.distill_steps, job.distill_batch, job.distill_lr, data_limit=4096, seed=job.seed)
 
     def on_step(event, data):
         if event == "step":
@@ -146,8 +158,7 @@ def run_main_job(out: str | Path, *, quick: bool = False, base: str | Path | Non
     fn = library_sample_fn(res.checkpoint, job.num_samples, job.seed, job.steps, None, solver=job.solver,
                            guidance=job.guidance, batch_size=job.batch_size, class_labels=list(range(10)),
                            merge_lora=job.merge_lora)
-    opts = MetricOptions(features=fmnist_classifier.FEATURES_NAME, metrics=("fid", "kid", "prc"),
-                         kid_subset_size=min(1000, job.num_samples), kid_subsets=20, cache_dir=work / "cache")
+    opts = metric_options(job.num_samples, work / "cache")
     ev = sweep(fn, job.schedules, job.cfg_scales, ref, out / "sweep", opts, ckpt=res.checkpoint, steps=job.steps,
                num_samples=job.num_samples, progress=on_sweep)
     progress("sample", n_settings, n_settings)
