@@ -31,7 +31,7 @@ def worker(args) -> dict:
     """One scenario: build, flexify and save a seeded model, train `warmup + steps` steps, report."""
     import numpy as np
 
-    from flexcli.flex.adapter import flexify_model
+    from flexcli.flex.core import flexify_model
     from flexcli.io.checkpoint import save_checkpoint
     from flexcli.models.configs import named_config
     from flexcli.models.dit import DiT

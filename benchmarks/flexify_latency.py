@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from _common import provenance, random_dit, write_csv
-from flexcli.flex.adapter import flexify_model
-from flexcli.flex.lora import merge_loras
+from flexcli.flex.core import flexify_model
+from flexcli.flex.layers import merge_loras
 from flexcli.profiling.flops import model_cost
 
 

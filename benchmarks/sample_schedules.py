@@ -30,8 +30,8 @@ import torch
 
 from _common import provenance, random_dit, write_csv
 from flexcli.api import load_model
-from flexcli.flex.adapter import flexify_model
-from flexcli.flex.lora import merge_loras
+from flexcli.flex.core import flexify_model
+from flexcli.flex.layers import merge_loras
 from flexcli.sampling import SampleConfig, make_plan, sample_latents
 
 

@@ -5,34 +5,41 @@ from pathlib import Path
 
 from flexcli import __version__
 from flexcli.errors import FlexcliError
-from flexcli.flex.adapter import MODES, added_parameter_names, flexify_model
+from flexcli.flex.core import MODES, added_parameter_names, flexify_model
 from flexcli.io.checkpoint import Checkpoint, file_sha256, read_checkpoint, save_checkpoint
 from flexcli.models.dit import DiT
 from flexcli.profiling.flops import model_cost
 
 
+def _load(model, ckpt: Checkpoint, keys: set[str] | None = None) -> None:
+    """Load the checkpoint's tensors (those among `keys`, checkpoint names) into `model`, strictly."""
+    expected = {k.replace(".base_layer.", "."): k for k in model.state_dict()}
+    given = set(ckpt.state_dict) if keys is None else set(ckpt.state_dict) & keys
+    missing = sorted(set(expected) - given)
+    unexpected = sorted(given - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise FlexcliError(f"{ckpt.path} does not match the inferred DiT config ({what})",
+                           "the checkpoint may be damaged or not a DiT")
+    try:
+        model.load_state_dict({expected[k]: ckpt.state_dict[k] for k in given}, strict=True)
+    except RuntimeError as e:
+        line = [s.strip() for s in str(e).splitlines() if "size mismatch" in s][:1] or [str(e).splitlines()[0]]
+        raise FlexcliError(f"{ckpt.path} does not fit the inferred DiT config ({line[0]})",
+                           "the checkpoint may be damaged or not a DiT") from e
+
+
 def build_model(ckpt: Checkpoint) -> DiT:
-    """Instantiate the model a checkpoint describes and load its tensors (strictly)."""
+    """The model a checkpoint describes: the pretrained tensors are loaded first, then a flexified checkpoint's
+    weak sizes are added from them (positions follow the loaded table) and its added tensors loaded."""
     model = DiT(ckpt.config)
+    _load(model, ckpt, set(model.state_dict()) if ckpt.flex else None)
     if ckpt.flex:
         f = ckpt.flex
         lora = f.get("lora") or {}
         flexify_model(model, [p for p in f["patch_sizes"] if p != f["base_patch_size"]], f["mode"],
                       lora.get("rank", 32), lora.get("alpha"))
-    expected = {k.replace(".base_layer.", "."): k for k in model.state_dict()}
-    missing = sorted(set(expected) - set(ckpt.state_dict))
-    unexpected = sorted(set(ckpt.state_dict) - set(expected))
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise FlexcliError(f"{ckpt.path} does not match the inferred DiT config ({what})",
-                           "the checkpoint may be damaged or not a DiT")
-    sd = {expected[k]: v for k, v in ckpt.state_dict.items()}
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        line = [s.strip() for s in str(e).splitlines() if "size mismatch" in s][:1] or [str(e).splitlines()[0]]
-        raise FlexcliError(f"{ckpt.path} does not fit the inferred DiT config ({line[0]})",
-                           "the checkpoint may be damaged or not a DiT") from e
+        _load(model, ckpt)
     return model.eval()
 
 
@@ -44,7 +51,7 @@ def load_model(path: str | Path, *, use_ema: bool = True, merge_lora: bool = Fal
     """
     model = build_model(read_checkpoint(path, use_ema=use_ema))
     if merge_lora and model.flex is not None and model.flex.mode == "lora":
-        from flexcli.flex.lora import merge_loras
+        from flexcli.flex.layers import merge_loras
         merge_loras(model)
     return model
 
@@ -121,7 +128,7 @@ def describe(path: str | Path) -> dict:
 
 def export_loras(path: str | Path, out: str | Path, force: bool = False) -> list[Path]:
     """Export the per-size LoRAs of a flexified checkpoint in peft's adapter layout (atomically)."""
-    from flexcli.flex.lora import export_peft_adapters
+    from flexcli.flex.layers import export_peft_adapters
     from flexcli.io.atomic import atomic_dir, check_output
 
     out = Path(out)

@@ -212,7 +212,7 @@ def make_plan(cfg: SampleConfig, model) -> Plan:
 
 
 def make_denoiser(model, cfg: SampleConfig, plan: Plan, y: torch.Tensor) -> Callable:
-    from flexcli.flex.packing import forward_packed
+    from flexcli.flex.core import forward_packed
 
     c = model.config.in_channels
     null = torch.full_like(y, model.config.num_classes)

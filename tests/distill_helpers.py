@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import random_dit
-from flexcli.flex.adapter import flexify_model
+from flexcli.flex.core import flexify_model
 from flexcli.io.checkpoint import save_checkpoint
 from flexcli.train import DistillConfig
 

@@ -17,7 +17,7 @@ from flexcli.api import load_model
 from flexcli.data import load_training_data
 from flexcli.diffusion.process import GaussianDiffusion
 from flexcli.errors import FlexcliError
-from flexcli.flex.adapter import added_parameter_names, flexify_model
+from flexcli.flex.core import added_parameter_names, flexify_model
 from flexcli.io.checkpoint import read_checkpoint, save_checkpoint
 from flexcli.models.configs import DiTConfig
 from flexcli.models.dit import DiT

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from conftest import inputs
-from flexcli.flex.adapter import flexify_model
-from flexcli.flex.patch_resize import bilinear_matrix
+from flexcli.flex.core import flexify_model
+from flexcli.flex.resize import bilinear_matrix
 from flexcli.models.configs import NAMED_CONFIGS
-from flexcli.models.posembed import grid_coordinates, sincos_2d
+from flexcli.flex.resize import grid_coordinates
+from flexcli.models.posembed import sincos_2d
 
 
 def _perturb_added(model, seed=3):
@@ -54,7 +55,7 @@ def test_weak_modes_change_output_after_training(tiny):
 
 
 def _tokens_without_position(flex, x, p):
-    w, b = flex.flex.embedding_weights(flex, p)
+    w, b = flex.tokenizer_weights(p)
     return torch.nn.functional.conv2d(x, w, b, stride=p).flatten(2).transpose(1, 2)
 
 
@@ -72,9 +73,9 @@ def test_pi_resize_property(mode, weak, tiny):
     patches = small.unfold(2, 2, 2).unfold(3, 2, 2).reshape(2, cfg.in_channels, grid, grid, 4)
     big = torch.einsum("nm,bcijm->bcijn", B, patches).reshape(2, cfg.in_channels, grid, grid, weak, weak)
     big = big.permute(0, 1, 2, 4, 3, 5).reshape(2, cfg.in_channels, grid * weak, grid * weak)
-    base_w, base_b = flex.flex.embedding_weights(flex, 2)
+    base_w, base_b = flex.tokenizer_weights(2)
     ref = torch.nn.functional.conv2d(small, base_w.double(), base_b.double(), stride=2).flatten(2).transpose(1, 2)
-    w, b = flex.flex.embedding_weights(flex, weak)
+    w, b = flex.tokenizer_weights(weak)
     got = torch.nn.functional.conv2d(big, w.double(), b.double(), stride=weak).flatten(2).transpose(1, 2)
     assert torch.allclose(got, ref, atol=1e-5)
 
@@ -86,8 +87,8 @@ def test_de_embedding_is_bilinear_upsampling(mode, weak, tiny):
     flex = flexify_model(copy.deepcopy(tiny), [4, 8], mode=mode, lora_rank=4)
     c = tiny.config.out_channels
     h = torch.randn(5, tiny.config.hidden_size, dtype=torch.float64)
-    w2, b2 = flex.flex.de_embedding_weights(flex, 2)
-    wp, bp = flex.flex.de_embedding_weights(flex, weak)
+    w2, b2 = flex.detokenizer_weights(2)
+    wp, bp = flex.detokenizer_weights(weak)
     o2 = (h @ w2.double().T + b2.double()).reshape(5, 4, c)  # (token, 2x2 pixel, channel)
     op = (h @ wp.double().T + bp.double()).reshape(5, weak * weak, c)
     expected = torch.einsum("nm,tmc->tnc", bilinear_matrix(2, weak), o2)

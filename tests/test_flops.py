@@ -4,8 +4,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from conftest import inputs, random_dit
-from flexcli.flex.adapter import flexify_model
-from flexcli.flex.lora import merge_loras
+from flexcli.flex.core import flexify_model
+from flexcli.flex.layers import merge_loras
 from flexcli.models.configs import named_config
 from flexcli.profiling.flops import forward_cost, model_cost
 

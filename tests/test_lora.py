@@ -2,8 +2,8 @@
 import torch
 
 from conftest import inputs, random_dit
-from flexcli.flex.adapter import flexify_model
-from flexcli.flex.lora import export_peft_adapters, lora_layers, merge_loras
+from flexcli.flex.core import flexify_model
+from flexcli.flex.layers import export_peft_adapters, lora_layers, merge_loras
 
 
 def _trained(model, seed=5):

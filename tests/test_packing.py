@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from conftest import inputs, random_dit
-from flexcli.flex.adapter import flexify_model
-from flexcli.flex.lora import merge_loras
-from flexcli.flex.packing import block_diagonal_mask, forward_packed
+from flexcli.flex.core import flexify_model
+from flexcli.flex.layers import merge_loras
+from flexcli.flex.core import forward_packed
+from flexcli.flex.packing import block_diagonal_mask
 from flexcli.models.configs import named_config
 from flexcli.profiling.flops import forward_cost, packed_forward_cost
 

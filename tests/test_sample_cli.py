@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import random_dit
 from flexcli.api import load_model
 from flexcli.cli import app
-from flexcli.flex.adapter import flexify_model
+from flexcli.flex.core import flexify_model
 from flexcli.io.checkpoint import save_checkpoint
 from flexcli.sampling import SampleConfig, make_plan, sample_latents
 

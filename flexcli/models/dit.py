@@ -1,31 +1,29 @@
-"""Class-conditional DiT (Peebles & Xie) with official parameter names, and a patch-size-aware forward.
+"""Class-conditional DiT (Peebles & Xie) with official parameter names: the first family on the flex core.
 
-`forward(x, t, y, patch_size=None)` runs at the pretrained patch size or, once the model is flexified
-(`flexcli.flex.flexify_model`), at any weak patch size. Everything that depends on the patch size goes
-through `self.flex` (a `FlexAdapter`); a plain DiT has `flex = None` and only its pretrained size.
+`forward(x, t, y, patch_size=None)` (from `FlexModel`) runs at the pretrained patch size or, once the model is
+flexified (`flexcli.flex.core.flexify_model`), at any of its weak sizes. DiT supplies the family's parts:
+its tokenizer `x_embedder.proj`, its sin-cos positions, the conditioning t_embedder(t) + y_embedder(y), its
+adaLN-Zero blocks, and the final layer whose `linear` is the de-tokenizer.
 """
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from flexcli.flex.core import FlexModel, FlexSpec
+from flexcli.flex.packing import Spans
+from flexcli.flex.resize import interpolate_table, patch_centres, patch_key
 from flexcli.models.configs import DiTConfig
 from flexcli.models.layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder
 from flexcli.models.posembed import sincos_2d
 
 
-class PatchState:
-    """The patch size of the forward pass in flight, read by the patch-size-dependent sub-layers."""
-
-    def __init__(self) -> None:
-        self.patch_size: int | None = None
-
-
-class DiT(nn.Module):
+class DiT(FlexModel):
     family = "dit"
+    flex_spec = FlexSpec(tokenizer="x_embedder.proj", detokenizer="final_layer.linear",
+                         lora_targets=("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
+                         norms=("norm1", "norm2", "norm_final"))
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -38,11 +36,9 @@ class DiT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, config.tokens(), D), requires_grad=False)
         self.blocks = nn.ModuleList([DiTBlock(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth)])
         self.final_layer = FinalLayer(D, config.patch_size, config.out_channels)
-        self.flex: nn.Module | None = None
-        self.patch_state = PatchState()
+        self.flex = None
         self.initialize_weights()
 
-    # ----------------------------------------------------------------------------------------------
     def initialize_weights(self) -> None:
         """DiT's initialisation (adaLN-Zero): only matters for freshly built models."""
         def _basic_init(module):
@@ -68,72 +64,47 @@ class DiT(nn.Module):
         nn.init.constant_(self.final_layer.linear.weight, 0)
         nn.init.constant_(self.final_layer.linear.bias, 0)
 
-    # ----------------------------------------------------------------------------------------------
+    # -- the family's parts (flexcli.flex.core.FlexModel) ---------------------------------------------------
     @property
-    def patch_sizes(self) -> list[int]:
-        """Every patch size this model runs at, the pretrained one first."""
-        weak = self.flex.weak_patch_sizes if self.flex is not None else []
-        return [self.config.patch_size, *weak]
+    def base_patch(self) -> tuple[int, int]:
+        return (self.config.patch_size, self.config.patch_size)
 
-    def resolve_patch_size(self, patch_size: int | None, x: torch.Tensor) -> int:
-        p = self.config.patch_size if patch_size is None else int(patch_size)
-        if p not in self.patch_sizes:
-            raise ValueError(f"patch size {p} is not supported by this model (supported: {self.patch_sizes})")
-        if x.shape[-2] % p or x.shape[-1] % p:
-            raise ValueError(f"input of spatial size {tuple(x.shape[-2:])} is not divisible by patch size {p}")
-        return p
+    @property
+    def out_channels(self) -> int:
+        return self.config.out_channels
 
-    @contextlib.contextmanager
-    def patch_mode(self, patch_size: int):
-        """Activate the sub-layers (LoRAs, LayerNorm affines) that belong to `patch_size`."""
-        previous = self.patch_state.patch_size
-        self.patch_state.patch_size = patch_size
-        if self.flex is not None:
-            self.flex.activate(self, patch_size)
-        try:
-            yield
-        finally:
-            self.patch_state.patch_size = previous
-            if self.flex is not None and previous is not None:
-                self.flex.activate(self, previous)
+    def positions(self, patch: tuple, grid: tuple) -> torch.Tensor:
+        if patch == self.base_patch:
+            return self.pos_embed
+        side = self.config.input_size
+        if tuple(g * p for g, p in zip(grid, patch)) != (side, side):
+            raise ValueError(f"weak patch sizes need the pretrained input size {side}")
+        return getattr(self.flex, f"pos_{patch_key(patch)}")
 
-    # ----------------------------------------------------------------------------------------------
-    def embed(self, x: torch.Tensor, patch_size: int) -> torch.Tensor:
-        """(N, C, H, W) latents -> (N, T, D) tokens with positional (and patch-size) embeddings."""
-        if self.flex is None:
-            return self.x_embedder(x) + self.pos_embed
-        return self.flex.embed(self, x, patch_size)
+    def weak_positions(self, patch: tuple) -> torch.Tensor:
+        """The table at each token's centre in the pretrained grid -> (1, T_p, D): DiT's closed-form sin-cos
+        there, or, for a table that is not sin-cos (fine-tuned or learned), bilinear interpolation of it."""
+        side, d = self.config.input_size, self.config.hidden_size
+        base_grid = side // self.config.patch_size
+        ints = np.arange(base_grid, dtype=np.float64)
+        rows, cols = patch_centres((side // patch[0], side // patch[1]), patch, self.base_patch)
+        if torch.allclose(self.pos_embed[0].float().cpu(), torch.from_numpy(sincos_2d(d, ints, ints)), atol=1e-5):
+            return torch.from_numpy(sincos_2d(d, rows, cols)).unsqueeze(0)
+        return interpolate_table(self.pos_embed[0].detach().cpu(), (base_grid, base_grid), [rows, cols]).unsqueeze(0)
 
-    def de_embed(self, h: torch.Tensor, patch_size: int) -> torch.Tensor:
-        """(N, T, D) -> (N, T, p*p*out_channels)."""
-        if self.flex is None:
-            return self.final_layer.linear(h)
-        return self.flex.de_embed(self, h, patch_size)
+    def condition(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """t (N,) original timesteps 0..999, y (N,) labels (num_classes = null) -> c (N, D)."""
+        return self.t_embedder(t) + self.y_embedder(y, self.training)
 
-    def unpatchify(self, x: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
-        """(N, T, p*p*C) -> (N, C, H, W); the final linear's output index is (pi*p + qj)*C + c."""
-        c, p = self.config.out_channels, patch_size
-        h, w = height // p, width // p
-        x = x.reshape(x.shape[0], h, w, p, p, c)
-        x = torch.einsum("nhwpqc->nchpwq", x)
-        return x.reshape(x.shape[0], c, h * p, w * p)
+    def run_blocks(self, h: torch.Tensor, conds: list[torch.Tensor], spans: Spans) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(h, conds, spans)  # (N, T, D)
+        return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, patch_size: int | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (N, C, H, W) latents, t: (N,) original timesteps 0..999, y: (N,) labels (num_classes = null).
+    def head(self, h: torch.Tensor, conds: list[torch.Tensor], spans: Spans) -> torch.Tensor:
+        return self.final_layer.modulated(h, conds, spans)
 
-        Returns (N, out_channels, H, W): epsilon, then the learned-sigma channels if `learn_sigma`.
-        """
-        p = self.resolve_patch_size(patch_size, x)
-        with self.patch_mode(p):
-            h = self.embed(x, p)  # (N, T, D)
-            c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (N, D)
-            for block in self.blocks:
-                h = block(h, c, attn_mask)  # (N, T, D)
-            h = self.final_layer.modulated(h, c)  # (N, T, D)
-            h = self.de_embed(h, p)  # (N, T, p*p*out_channels)
-        return self.unpatchify(h, p, x.shape[-2], x.shape[-1])
-
+    # ---------------------------------------------------------------------------------------------------------
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float,
                          patch_size: int | None = None, guided_channels: int | None = 3) -> torch.Tensor:
         """DiT's classifier-free guidance over a [cond; uncond] batch.

@@ -1,4 +1,9 @@
-"""DiT building blocks with the official facebookresearch/DiT (and timm) parameter names."""
+"""DiT building blocks with the official facebookresearch/DiT (and timm) parameter names.
+
+Every block layer takes the token spans (`flexcli.flex.packing.Spans`): its linears and norms are the flex core's
+`Linear`/`LayerNorm`, which flexify turns into per-size LoRAs or norms, and attention is block-diagonal over the
+spans of a packed sequence. Conditioning comes as one vector per span (`conds`), expanded per token.
+"""
 from __future__ import annotations
 
 import math
@@ -7,10 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flexcli.flex.layers import LayerNorm, Linear
+from flexcli.flex.packing import Spans
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation: x (N, T, D), shift/scale (N, D)."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN modulation: x (N, T, D), shift/scale (N, 1 or T, D)."""
+    return x * (1 + scale) + shift
 
 
 class PatchEmbed(nn.Module):
@@ -82,15 +90,15 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spans: Spans) -> torch.Tensor:
         B, T, D = x.shape
-        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x, spans).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, T, head_dim) each
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(x.transpose(1, 2).reshape(B, T, D))
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=spans.mask(x.device))
+        return self.proj(x.transpose(1, 2).reshape(B, T, D), spans)
 
 
 class Mlp(nn.Module):
@@ -98,12 +106,12 @@ class Mlp(nn.Module):
 
     def __init__(self, in_features: int, hidden_features: int):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.fc2 = Linear(hidden_features, in_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, spans: Spans) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x, spans)), spans)
 
 
 class DiTBlock(nn.Module):
@@ -111,16 +119,18 @@ class DiTBlock(nn.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm1 = LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm2 = LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), attn_mask)
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+    def forward(self, x: torch.Tensor, conds: list[torch.Tensor], spans: Spans) -> torch.Tensor:
+        """x (N, T, D); conds: one (N, D) conditioning vector per span."""
+        mods = spans.per_token([self.adaLN_modulation(c) for c in conds])  # (N, 1 or T, 6D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=-1)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x, spans), shift_msa, scale_msa), spans)
+        x = x + gate_mlp * self.mlp(modulate(self.norm2(x, spans), shift_mlp, scale_mlp), spans)
         return x
 
 
@@ -129,14 +139,11 @@ class FinalLayer(nn.Module):
 
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
         super().__init__()
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm_final = LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
 
-    def modulated(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Everything before the de-embedding, which depends on the patch size."""
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return modulate(self.norm_final(x), shift, scale)
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.modulated(x, c))
+    def modulated(self, x: torch.Tensor, conds: list[torch.Tensor], spans: Spans) -> torch.Tensor:
+        """Everything before the de-embedding `linear`, which depends on the patch size."""
+        shift, scale = spans.per_token([self.adaLN_modulation(c) for c in conds]).chunk(2, dim=-1)
+        return modulate(self.norm_final(x, spans), shift, scale)

@@ -90,8 +90,8 @@ def _lora_flex(model) -> bool:
 
 
 def _random_variants(spec, device: torch.device) -> list[_Variant]:
-    from flexcli.flex.adapter import flexify_model
-    from flexcli.flex.lora import merge_loras
+    from flexcli.flex.core import flexify_model
+    from flexcli.flex.layers import merge_loras
     from flexcli.profiling.profile import Shape, parse_latent, random_config, random_model
 
     cfg = random_config(spec)
