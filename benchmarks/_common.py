@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from flexcli import __version__
+from flexcli.version import __version__
 from flexcli.models.configs import named_config
 from flexcli.models.dit import DiT
 

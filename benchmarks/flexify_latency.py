@@ -21,7 +21,7 @@ import torch
 from _common import provenance, random_dit, write_csv
 from flexcli.flex.core import flexify_model
 from flexcli.flex.layers import merge_loras
-from flexcli.profiling.flops import model_cost
+from flexcli.compute import model_cost
 
 
 

@@ -11,11 +11,12 @@ stays above the FLOPs ratio; choose a model where compute dominates (DiT-S/2 at 
 
     python benchmarks/sample_schedules.py --model DiT-S/2 --out benchmarks/results/sample_schedules_cpu.csv
 
-`--checkpoint` times a real flexified checkpoint instead, and `--schedules` names the schedules (`x/y`, or
-`x/y:weak` for the weak-guidance variant of §3.4); the first one is the reference, e.g. issue #7's table:
+`--checkpoint` times a real flexified checkpoint instead, and `--schedules` names the schedules (as `flexcli sample
+--schedule` reads them; `--weak-guidance` lists those to run with §3.4's weak guidance); the first one is the
+reference, e.g. issue #7's table:
 
     python benchmarks/sample_schedules.py --checkpoint CKPT --merge-lora --steps 50 --num-samples 100 \
-        --schedules 50/50,40/40,30/30,23/23,20/20,10/10,0/0,30/15:weak --threads 2 --out OUT.csv
+        --schedules 50/50,40/40,30/30,23/23,20/20,10/10,0/0,30/15 --weak-guidance 30/15 --threads 2 --out OUT.csv
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from _common import provenance, random_dit, write_csv
 from flexcli.api import load_model
 from flexcli.flex.core import flexify_model
 from flexcli.flex.layers import merge_loras
+from flexcli.diffusion.schedule import parse_schedules
 from flexcli.sampling import SampleConfig, make_plan, sample_latents
 
 
@@ -45,7 +47,9 @@ def main(argv=None) -> Path:
     ap.add_argument("--merge-lora", action="store_true", help="merge LoRAs into per-size weights (no LoRA FLOPs)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="a flexified checkpoint instead of a random model")
     ap.add_argument("--targets", default="1.0,0.75,0.5", help="compute fractions")
-    ap.add_argument("--schedules", default=None, help="x/y[:weak],... instead of --targets; the first is the reference")
+    ap.add_argument("--schedules", default=None, help="x/y,... (as `flexcli sample --schedule`) instead of --targets; "
+                    "the first is the reference")
+    ap.add_argument("--weak-guidance", default=None, help="the schedules (of --schedules) to run with weak guidance")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--solver", default="ddpm")
     ap.add_argument("--num-samples", type=int, default=4, help="one batch; CFG doubles it")
@@ -80,10 +84,11 @@ def main(argv=None) -> Path:
                   batch_size=args.num_samples, packing=args.packing, merge_lora=args.merge_lora, seed=0)
     runs = {}
     if args.schedules:
-        for spec in args.schedules.split(","):
-            schedule, _, guidance = spec.partition(":")
-            sc = SampleConfig(schedule=schedule, guidance=guidance or "cfg", **common)
-            runs[spec] = (sc, make_plan(sc, model))
+        weak = parse_schedules(args.weak_guidance) or []
+        for schedule in parse_schedules(args.schedules):
+            guidance = "weak" if schedule in weak else "cfg"
+            sc = SampleConfig(schedule=schedule, guidance=guidance, **common)
+            runs[schedule + (":weak" if guidance == "weak" else "")] = (sc, make_plan(sc, model))
     else:
         for target in [float(s) for s in args.targets.split(",")]:
             sc = SampleConfig(compute=target, **common)

@@ -1,5 +1,5 @@
 """flexcli: flexible-patch Diffusion Transformers (FlexiDiT)."""
-__version__ = "0.1.0"
+from flexcli.version import __version__
 
 
 def load_model(path, **kwargs):
@@ -7,3 +7,6 @@ def load_model(path, **kwargs):
     from flexcli.api import load_model as _load
 
     return _load(path, **kwargs)
+
+
+__all__ = ["__version__", "load_model"]

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flexcli import __version__
+from flexcli.version import __version__
 from flexcli.errors import FlexcliError
 from flexcli.flex.core import MODES, added_parameter_names, flexify_model
 from flexcli.io.checkpoint import Checkpoint, file_sha256, read_checkpoint, save_checkpoint
 from flexcli.models.dit import DiT
-from flexcli.profiling.flops import model_cost
+from flexcli.compute import model_cost
 
 
 def _load(model, ckpt: Checkpoint, keys: set[str] | None = None) -> None:

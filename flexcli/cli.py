@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from flexcli import __version__
+from flexcli.version import __version__
 from flexcli.commands.demo import demo
 from flexcli.commands.distill import distill
 from flexcli.commands.evaluate import evaluate

@@ -7,7 +7,7 @@ from conftest import inputs, random_dit
 from flexcli.flex.core import flexify_model
 from flexcli.flex.layers import merge_loras
 from flexcli.models.configs import named_config
-from flexcli.profiling.flops import forward_cost, model_cost
+from flexcli.compute import forward_cost, model_cost
 
 # DiT paper (Peebles & Xie 2023), Table 4: "Gflops" (multiply-accumulates) of one forward pass at 256x256.
 PUBLISHED_GMACS = {

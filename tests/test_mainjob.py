@@ -40,7 +40,7 @@ def test_main_job_tiny(base, tmp_path):
     assert rows["4/4@2"]["compute_fraction"] == pytest.approx(1.0)
     # sampled with merged LoRAs: the weak steps cost exactly a LoRA-free weak forward pass
     from flexcli.models.configs import named_config
-    from flexcli.profiling.flops import forward_cost
+    from flexcli.compute import forward_cost
 
     cfg = named_config("DiT-FMNIST/4", depth=1)
     weak, powerful = (forward_cost(cfg, p, 2, lora_rank=0).macs for p in (8, 4))

@@ -8,7 +8,7 @@ from flexcli.flex.layers import merge_loras
 from flexcli.flex.core import forward_packed
 from flexcli.flex.packing import block_diagonal_mask
 from flexcli.models.configs import named_config
-from flexcli.profiling.flops import forward_cost, packed_forward_cost
+from flexcli.compute import forward_cost, packed_forward_cost
 
 
 def _flex(mode: str, sizes=(4, 8)):

@@ -16,8 +16,8 @@ from flexcli.cli import app
 from flexcli.errors import FlexcliError
 from flexcli.models.configs import named_config
 from flexcli.profiling import latency as lat
-from flexcli.profiling.flops import forward_cost, model_cost
-from flexcli.profiling.profile import FLOPS_COLUMNS, META_COLUMNS, TIMING_COLUMNS, Shape, random_model
+from flexcli.compute import forward_cost, model_cost
+from flexcli.profiling.spec import FLOPS_COLUMNS, META_COLUMNS, TIMING_COLUMNS, Shape, random_model
 from flexcli.profiling.plots import plot_latency_vs_flops, plot_roofline, with_ratios
 from flexcli.quickstart import tiny_checkpoint
 

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from flexcli.api import flexify_checkpoint, load_model
 from flexcli.cli import app
 from flexcli.profiling.plots import plot_latency_vs_flops, plot_roofline, with_ratios
-from flexcli.profiling.profile import FLOPS_COLUMNS, META_COLUMNS, TIMING_COLUMNS
+from flexcli.profiling.spec import FLOPS_COLUMNS, META_COLUMNS, TIMING_COLUMNS
 from flexcli.errors import FlexcliError
 from flexcli.quickstart import tiny_checkpoint
-from flexcli.sampling import SampleConfig, make_plan, run_record, step_cost_fn
+from flexcli.compute import step_cost_fn
+from flexcli.sampling import SampleConfig, make_plan, run_record
 
 runner = CliRunner()
 FAST = ["--repeats", "1", "--warmup", "1"]
@@ -195,7 +196,7 @@ def test_bad_schedule_input(ckpts, tmp_path, which, args, words):
 
 
 def test_parse_schedules():
-    from flexcli.profiling.schedules import parse_schedules
+    from flexcli.diffusion.schedule import parse_schedules
 
     assert parse_schedules("250/250, 130/130,70/70,250/250") == ["250/250", "130/130", "70/70"]
     assert parse_schedules("8:50,2:200;250/250") == ["8:50,2:200", "250/250"]  # ';' when schedules have commas

@@ -8,7 +8,8 @@ import pytest
 from flexcli.diffusion.schedule import compute_fraction, from_list, parse_schedule
 from flexcli.errors import FlexcliError
 from flexcli.models.configs import named_config
-from flexcli.sampling import SampleConfig, resolve_config, step_cost_fn
+from flexcli.compute import step_cost_fn
+from flexcli.sampling import SampleConfig, resolve_config
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes" / "sample").rglob("*.yaml"))
 

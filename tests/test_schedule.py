@@ -6,7 +6,7 @@ from flexcli.diffusion import guidance as G
 from flexcli.diffusion.schedule import compute_fraction, for_compute, from_list, parse_schedule
 from flexcli.errors import FlexcliError
 from flexcli.models.configs import named_config
-from flexcli.sampling import step_cost_fn
+from flexcli.compute import step_cost_fn
 
 XL = named_config("DiT-XL/2")
 

@@ -37,7 +37,8 @@ def evaluate(
         from flexcli.errors import FlexcliError
         from flexcli.evaluate.core import ClipOptions, evaluate_samples, sweep
         from flexcli.evaluate.pareto import describe, sample_flags
-        from flexcli.evaluate.runs import parse_list, split_schedules
+        from flexcli.diffusion.schedule import parse_schedules
+        from flexcli.evaluate.runs import parse_list
         from flexcli.metrics.fid import MetricOptions
 
         opts = MetricOptions(features=features, inception_weights=inception_weights, kid_subset_size=kid_subset_size,
@@ -58,7 +59,7 @@ def evaluate(
                                    "--cfg-scales 1.5,4 --num-samples 1000 --ref REF --out DIR")
             from flexcli.evaluate.sampling import library_sample_fn
 
-            sched = split_schedules(schedules)
+            sched = parse_schedules(schedules)
             scales = parse_list(cfg_scales, float, "--cfg-scales")
             fn = library_sample_fn(checkpoint, num_samples, seed, steps, sample_recipe,
                                    **({"vae": str(vae)} if vae else {}))

@@ -40,9 +40,10 @@ def profile(
 ) -> None:
     """Measure latency, achieved TFLOP/s and memory beside the exact FLOPs of each row; write a CSV and plots."""
     with user_errors():
-        from flexcli.profiling.profile import ProfileSpec, parse_int_list, profile as run_profile
+        from flexcli.diffusion.schedule import parse_schedules
+        from flexcli.profiling.profile import profile as run_profile
         from flexcli.profiling.report import summary_lines
-        from flexcli.profiling.schedules import parse_schedules
+        from flexcli.profiling.spec import ProfileSpec, parse_int_list
 
         spec = ProfileSpec(
             model=model, checkpoint=checkpoint, seq_lengths=parse_int_list(seq_lengths, "--seq-lengths"),

@@ -8,6 +8,7 @@ Accepted forms (`parse_schedule`):
   at 2). The counts must add up to the number of steps. `A/B` with two segment lists gives the conditional
   and the guidance branch separately, e.g. `4:150,2:100/4:200,2:50`.
 * an explicit per-step list (from a recipe): `[4, 4, ..., 2]`, or `{cond: [...], uncond: [...]}`.
+Several schedules on one command line (`parse_schedules`) are separated by ',' or, when they hold segments, ';'.
 `--compute F` picks the `x/x` schedule whose compute fraction is the largest one not above F (`for_compute`).
 `weak-last` ordering (the paper's Fig. 19 ablation) reverses each branch: powerful first, weak last.
 
@@ -120,6 +121,29 @@ def from_list(value, steps: int) -> PatchSchedule:
                                "give one patch size per step")
         out.append(tuple(lst))
     return PatchSchedule(out[0], out[1], "explicit list")
+
+
+def parse_schedules(text: str | None) -> list[str] | None:
+    """'250/250,130/130,70/70' -> ['250/250', '130/130', '70/70'].
+
+    Segment schedules contain commas themselves: alone ('8:50,2:200') they are one schedule; beside others the
+    schedules are separated by ';' ('8:50,2:200;250/250')."""
+    if text is None:
+        return None
+    sep = ";" if ";" in text else ","
+    out: list[str] = []
+    for part in str(text).split(sep):
+        part = part.strip()
+        if part and part not in out:
+            out.append(part)
+    if not out:
+        raise FlexcliError("--schedules is empty", "e.g. --schedules 250/250,130/130,70/70")
+    if sep == "," and len(out) > 1 and any(":" in part for part in out):
+        if not any(re.fullmatch(r"\d+(/\d+)?", part) for part in out):  # one segment schedule, e.g. 8:50,2:200
+            return [str(text).strip()]
+        raise FlexcliError(f"--schedules '{text}' mixes ',' between schedules with P:N segments",
+                           "separate the schedules with ';', e.g. --schedules '8:50,2:200;250/250'")
+    return out
 
 
 def schedule_cost(schedule: PatchSchedule, step_cost: StepCost, guided: bool = True) -> float:

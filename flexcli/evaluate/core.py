@@ -37,25 +37,23 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
 
 
-def schedule_cost(schedule: str, steps: int, powerful_flops: float, weak_flops: float) -> tuple[float, float]:
-    """(FLOPs per sample, fraction of the all-powerful cost) of 'C/U' = powerful model for the last C conditional
-    and the last U unconditional steps of `steps` (paper App. B.4 notation), guidance on (2 passes a step)."""
-    c, u = (int(x) for x in schedule.split("/"))
-    if not (0 <= c <= steps and 0 <= u <= steps):
-        raise FlexcliError(f"schedule {schedule} has more powerful steps than --steps {steps}",
-                           "pass --steps with the sampler's total step count")
-    total = (c + u) * powerful_flops + (2 * steps - c - u) * weak_flops
-    return total, total / (2 * steps * powerful_flops)
+def schedule_costs(ckpt: Path, steps: int) -> Callable[[str], tuple[float, float]]:
+    """schedule -> (FLOPs per sample, fraction of the all-powerful cost) for a checkpoint's first weak size, with
+    guidance on and separate passes: the exact compute model (`flexcli.compute`), as `flexcli sample` counts."""
+    from flexcli.api import load_model
+    from flexcli.compute import model_step_cost
+    from flexcli.diffusion.schedule import compute_fraction, parse_schedule, schedule_cost
 
-
-def checkpoint_flops(ckpt: Path) -> tuple[float, float]:
-    """FLOPs of one forward pass per sample at the pretrained and the first weak patch size."""
-    from flexcli.api import describe
-
-    cost = describe(ckpt)["cost"]
-    if len(cost) < 2:
+    model = load_model(ckpt)
+    if len(model.patch_sizes) < 2:
         raise FlexcliError(f"{ckpt} has no weak patch size", "flexify it first: flexcli flexify CKPT -p 4")
-    return float(cost[0]["flops"]), float(cost[1]["flops"])
+    p0, weak = model.patch_sizes[0], model.patch_sizes[1]
+    step_cost = model_step_cost(model)
+
+    def cost(schedule: str) -> tuple[float, float]:
+        s = parse_schedule(schedule, steps, p0, weak)
+        return 2.0 * schedule_cost(s, step_cost), compute_fraction(s, step_cost, p0)
+    return cost
 
 
 def _read_prompts(path: Path | None) -> list[str] | None:
@@ -95,7 +93,7 @@ def _evaluate_into(folder: Path, sets: list[SampleSet], ref_path: Path, opts: Me
         for s in sets:
             if not s.meta.get("prompts", prompts):
                 raise FlexcliError(f"no prompts for samples {s.label}", "pass --prompts FILE (one per line)")
-    costs = checkpoint_flops(ckpt) if ckpt is not None and any("compute_fraction" not in s.meta for s in sets) else None
+    costs = schedule_costs(ckpt, steps) if ckpt is not None and any("compute_fraction" not in s.meta for s in sets) else None
     rows = []
     for i, (s, im) in enumerate(zip(sets, images)):
         progress(f"[{i + 1}/{len(sets)}] {s.label}: {len(im)} samples")
@@ -104,7 +102,7 @@ def _evaluate_into(folder: Path, sets: list[SampleSet], ref_path: Path, opts: Me
                "latency_s": s.meta.get("latency_s"), "latency_ratio": s.meta.get("latency_ratio"),
                "num_samples": len(im), "source": str(s.path)}
         if row["compute_fraction"] is None and costs and row["schedule"]:
-            flops, frac = schedule_cost(row["schedule"], steps, *costs)
+            flops, frac = costs(row["schedule"])
             row.update(compute_fraction=frac, gflops_per_sample=flops / 1e9)
         row.update(compute_metrics(im, ref, opts))
         if clip_model is not None:

@@ -26,18 +26,51 @@ def plot_pareto_csv(csv: str | Path, out_dir: str | Path) -> tuple[list[Path], l
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
 
     df = pd.read_csv(csv, dtype={"schedule": str, "label": str})
     out_dir = Path(out_dir)
-    files, notes = [], []
     has = df.dropna(subset=["compute_fraction", "fid"])
     if has.empty:
-        return files, ["no plots: no row has both a compute fraction and an FID"]
-    cmap = plt.get_cmap("viridis")
+        return [], ["no plots: no row has both a compute fraction and an FID"]
+    files, notes = [_fid_vs_compute(has, out_dir / "fid_vs_compute.png")], []
+    with_cfg = has.dropna(subset=["cfg_scale"])
+    if with_cfg.empty:
+        notes.append("fid_vs_cfg.png skipped: no CFG scale recorded")
+    else:
+        files.append(_per_level(has, with_cfg, "cfg_scale", out_dir / "fid_vs_cfg.png", "CFG scale $s_{cfg}$",
+                                "FID vs guidance scale per compute level"))
+    with_clip = has.dropna(subset=["clip"]) if "clip" in has else has.iloc[0:0]
+    if with_clip.empty:
+        notes.append("fid_vs_clip.png skipped: no CLIP scores (pass --clip-weights and prompts)")
+    else:
+        files.append(_per_level(has, with_clip, "clip", out_dir / "fid_vs_clip.png",
+                                "CLIP score (100 x cosine, higher is better)",
+                                "FID vs CLIP score per compute level (points: CFG scales)"))
+    return files, notes
 
-    # FID vs compute %, front highlighted
+
+def _save(fig, ax, path: Path, xlabel: str, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.08, y=0.12)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _fid_vs_compute(has, path: Path) -> Path:
+    """FID vs compute %, every point, the Pareto front highlighted."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    cmap = plt.get_cmap("viridis")
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     cfgs = sorted(has["cfg_scale"].dropna().unique())
     for i, c in enumerate(cfgs):
@@ -55,59 +88,24 @@ def plot_pareto_csv(csv: str | Path, out_dir: str | Path) -> tuple[list[Path], l
             "" if pd.isna(r["cfg_scale"]) else f" @ {r['cfg_scale']:g}")
         ax.annotate(txt, (100 * r["compute_fraction"], r["fid"]), textcoords="offset points", xytext=(6, 6),
                     fontsize=7, color="crimson")
-    ax.set_xlabel("compute (% of FLOPs of the all-powerful schedule)")
-    ax.set_ylabel("FID (lower is better)")
-    ax.set_title("FID vs compute, Pareto front highlighted")
-    ax.grid(alpha=0.3)
-    ax.margins(x=0.08, y=0.12)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    files.append(out_dir / "fid_vs_compute.png")
-    fig.savefig(files[-1], dpi=120)
-    plt.close(fig)
+    return _save(fig, ax, path, "compute (% of FLOPs of the all-powerful schedule)",
+                 "FID vs compute, Pareto front highlighted")
 
-    levels = _levels(has)
-    # FID vs CFG scale per compute level
-    with_cfg = has.dropna(subset=["cfg_scale"])
-    if with_cfg.empty:
-        notes.append("fid_vs_cfg.png skipped: no CFG scale recorded")
-    else:
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for i, (lvl, g) in enumerate(_levels(with_cfg)):
-            g = g.sort_values("cfg_scale")
-            ax.plot(g["cfg_scale"], g["fid"], "-o", color=cmap(i / max(1, len(levels) - 1)), label=_level_label(lvl, g))
-        ax.set_xlabel("CFG scale $s_{cfg}$")
-        ax.set_ylabel("FID (lower is better)")
-        ax.set_title("FID vs guidance scale per compute level")
-        ax.grid(alpha=0.3)
-        ax.margins(x=0.08, y=0.12)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        files.append(out_dir / "fid_vs_cfg.png")
-        fig.savefig(files[-1], dpi=120)
-        plt.close(fig)
 
-    # FID vs CLIP per compute level
-    with_clip = has.dropna(subset=["clip"]) if "clip" in has else has.iloc[0:0]
-    if with_clip.empty:
-        notes.append("fid_vs_clip.png skipped: no CLIP scores (pass --clip-weights and prompts)")
-    else:
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for i, (lvl, g) in enumerate(_levels(with_clip)):
-            g = g.sort_values("cfg_scale")
-            ax.plot(g["clip"], g["fid"], "-o", color=cmap(i / max(1, len(levels) - 1)), label=_level_label(lvl, g))
+def _per_level(has, rows, x: str, path: Path, xlabel: str, title: str) -> Path:
+    """FID vs `x` (CFG scale or CLIP score), one line per compute level over the CFG scales."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    cmap = plt.get_cmap("viridis")
+    n_levels = len(_levels(has))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (lvl, g) in enumerate(_levels(rows)):
+        g = g.sort_values("cfg_scale")
+        ax.plot(g[x], g["fid"], "-o", color=cmap(i / max(1, n_levels - 1)), label=_level_label(lvl, g))
+        if x != "cfg_scale":
             for _, r in g.iterrows():
                 if not pd.isna(r["cfg_scale"]):
-                    ax.annotate(f"{r['cfg_scale']:g}", (r["clip"], r["fid"]), textcoords="offset points",
+                    ax.annotate(f"{r['cfg_scale']:g}", (r[x], r["fid"]), textcoords="offset points",
                                 xytext=(4, -10), fontsize=7)
-        ax.set_xlabel("CLIP score (100 x cosine, higher is better)")
-        ax.set_ylabel("FID (lower is better)")
-        ax.set_title("FID vs CLIP score per compute level (points: CFG scales)")
-        ax.grid(alpha=0.3)
-        ax.margins(x=0.08, y=0.12)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        files.append(out_dir / "fid_vs_clip.png")
-        fig.savefig(files[-1], dpi=120)
-        plt.close(fig)
-    return files, notes
+    return _save(fig, ax, path, xlabel, title)

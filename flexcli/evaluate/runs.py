@@ -149,12 +149,3 @@ def parse_list(text: str, kind, flag: str) -> list:
     if not out:
         raise FlexcliError(f"{flag} is empty", f"e.g. {flag} 1.5,2,4")
     return out
-
-
-def split_schedules(text: str) -> list[str]:
-    """'250/250,130/130' -> two schedules; use ';' between schedules written as segments (4:150,2:100)."""
-    sep = ";" if ";" in text else ","
-    out = [t.strip() for t in text.split(sep) if t.strip()]
-    if not out:
-        raise FlexcliError("--schedules is empty", "e.g. --schedules 250/250,130/130,70/70")
-    return out

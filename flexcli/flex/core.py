@@ -160,6 +160,11 @@ class FlexModel(nn.Module):
     def head(self, h: torch.Tensor, conds: list, spans: Spans) -> torch.Tensor:
         raise NotImplementedError
 
+    @staticmethod
+    def cat_conditions(conds: list):
+        """Stack per-sample conditionings along the batch (class labels: tensors)."""
+        return torch.cat(conds)
+
     # -- shared -------------------------------------------------------------------------------------------
     @property
     def tokenizer(self) -> nn.Module:

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 Patch = tuple[int, ...]
 
 
-def as_patch(p: int | Patch, ndim: int = 2) -> Patch:
-    """4 -> (4, 4) for images; tuples pass through (checked against `ndim`)."""
+def as_patch(p: int | Patch, ndim: int | None = None) -> Patch:
+    """4 -> (4, 4) for images (or `ndim` axes); tuples pass through, checked against `ndim` when given."""
     if isinstance(p, (int, np.integer)):
-        return (int(p),) * ndim
+        return (int(p),) * (ndim or 2)
     p = tuple(int(v) for v in p)
-    if len(p) != ndim:
+    if ndim is not None and len(p) != ndim:
         raise ValueError(f"patch {p} has {len(p)} axes, the model's patches have {ndim}")
     return p
 
@@ -48,7 +48,7 @@ def _bilinear_1d(n_in: int, n_out: int) -> torch.Tensor:
         return torch.eye(n_in, dtype=torch.float64)
     eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(1)  # (n_in, 1, n_in): one basis vector each
     out = F.interpolate(eye, size=n_out, mode="linear", align_corners=False, antialias=False)
-    return out[:, 0, :].T.contiguous()
+    return torch.empty(n_out, n_in, dtype=torch.float64).copy_(out[:, 0, :].T)  # row-major strides
 
 
 def _clean(m: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flexcli import __version__
+from flexcli.version import __version__
 from flexcli.errors import FlexcliError
 from flexcli.io import diffusers_layout as dl
 from flexcli.io.atomic import atomic_path

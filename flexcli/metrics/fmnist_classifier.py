@@ -294,7 +294,7 @@ def _write(model: FMNISTNet, cfg: ClassifierConfig, out_dir: Path, rows, acc, se
     import yaml
     from safetensors.torch import save_file
 
-    from flexcli import __version__
+    from flexcli.version import __version__
     from flexcli.io.atomic import atomic_path
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,11 @@ class DiT(FlexModel):
     def out_channels(self) -> int:
         return self.config.out_channels
 
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the latents it denoises."""
+        return (self.config.in_channels, self.config.input_size, self.config.input_size)
+
     def positions(self, patch: tuple, grid: tuple) -> torch.Tensor:
         if patch == self.base_patch:
             return self.pos_embed

@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -42,29 +41,6 @@ SAMPLER_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 PACKINGS = ("separate", "packed")
 DEFAULT_REPEATS = 3
 DEFAULT_STEPS = 250
-
-
-def parse_schedules(text: str | None) -> list[str] | None:
-    """'250/250,130/130,70/70' -> ['250/250', '130/130', '70/70'].
-
-    Segment schedules contain commas themselves: alone ('8:50,2:200') they are one schedule; beside others the
-    schedules are separated by ';' ('8:50,2:200;250/250')."""
-    if text is None:
-        return None
-    sep = ";" if ";" in text else ","
-    out: list[str] = []
-    for part in str(text).split(sep):
-        part = part.strip()
-        if part and part not in out:
-            out.append(part)
-    if not out:
-        raise FlexcliError("--schedules is empty", "e.g. --schedules 250/250,130/130,70/70")
-    if sep == "," and len(out) > 1 and any(":" in part for part in out):
-        if not any(re.fullmatch(r"\d+(/\d+)?", part) for part in out):  # one segment schedule, e.g. 8:50,2:200
-            return [str(text).strip()]
-        raise FlexcliError(f"--schedules '{text}' mixes ',' between schedules with P:N segments",
-                           "separate the schedules with ';', e.g. --schedules '8:50,2:200;250/250'")
-    return out
 
 
 @dataclass
@@ -92,7 +68,7 @@ def _lora_flex(model) -> bool:
 def _random_variants(spec, device: torch.device) -> list[_Variant]:
     from flexcli.flex.core import flexify_model
     from flexcli.flex.layers import merge_loras
-    from flexcli.profiling.profile import Shape, parse_latent, random_config, random_model
+    from flexcli.profiling.spec import Shape, parse_latent, random_config, random_model
 
     cfg = random_config(spec)
     latent = parse_latent(spec.latent, spec.image_size)
@@ -213,9 +189,6 @@ def _key(run: _Run) -> tuple:
 def run_schedules(spec, device: torch.device | None, dtype: str, common: dict,
                   say: Callable[[str], None], notice: str | None = None) -> list[dict]:
     """The schedule rows of `spec` (device None: --analytic, FLOPs only); `notice` is said once all is checked."""
-    from flexcli.profiling.profile import COMPILE_WARMUP, _param_stats
-    from flexcli.sampling import sample_latents
-
     if spec.checkpoint is not None:
         if spec.model is not None:
             raise FlexcliError("--model and --checkpoint both given", "pass one: a named config or a checkpoint")
@@ -225,26 +198,45 @@ def run_schedules(spec, device: torch.device | None, dtype: str, common: dict,
     runs = _plans(spec, variants, dtype, device)  # bad schedules fail here, before anything is timed
     if notice:
         say(notice)
-    rows = []
-    for run in runs:
-        v, plan, cfg = run.variant, run.plan, run.config
-        mc = v.model.config
-        macs = sum(plan.step_macs)
-        base = plan.baseline_step_macs * plan.schedule.steps
-        weak = sorted(plan.schedule.sizes() - {mc.patch_size})
-        notes = [f"{cfg.solver}, {cfg.steps} steps, cfg scale {cfg.cfg_scale}" + ("" if plan.guided else " (no guidance)"),
-                 f"compute fraction {macs / base:.4f} of all-powerful" + (f", weak p{weak[0]}" if len(weak) == 1 else "")]
-        row = {"kind": "schedule", "model": v.label, "source": v.source, "lora": v.lora, "depth": mc.depth,
-               "width": mc.hidden_size, "heads": mc.num_heads, "latent": f"{mc.input_size}x{mc.input_size}",
-               "patch_size": "", "tokens": "", "batch": spec.batch, "dtype": dtype, "macs": macs, "flops": 2 * macs,
-               "gmacs": macs / 1e9, "gflops": 2 * macs / 1e9, "batch_macs": spec.batch * macs,
-               "batch_flops": 2 * spec.batch * macs, **_param_stats(v.model, dtype), "arithmetic_intensity": math.nan,
-               "schedule": run.schedule, "steps": cfg.steps, "packing": run.packing}
-        if v.model.flex is not None and v.model.flex.mode == "shared":
-            notes.append("shared mode: the weight projection is counted per sample, as in run.json")
-        rows.append((run, row, notes))
+    rows = [(run, *_flops_row(spec, run, dtype)) for run in runs]
     if device is None:
         return [{**row, **common, "notes": "; ".join(notes)} for _, row, notes in rows]
+    samples, peak_mem, warmup = _time_runs(spec, variants, runs, device, dtype, say)
+    out = []
+    for run, row, notes in rows:
+        row.update(_timing_columns(spec, run, row["batch_flops"], samples[_key(run)],
+                                   peak_mem.get(_key(run), math.nan), warmup, device, dtype, notes))
+        out.append({**row, **common, "notes": "; ".join(notes)})
+    return out
+
+
+def _flops_row(spec, run: _Run, dtype: str) -> tuple[dict, list[str]]:
+    """The FLOPs columns of one run: the sampler's own per-step costs, summed (what run.json records)."""
+    from flexcli.profiling.spec import _param_stats
+
+    v, plan, cfg = run.variant, run.plan, run.config
+    mc = v.model.config
+    macs = sum(plan.step_macs)
+    base = plan.baseline_step_macs * plan.schedule.steps
+    weak = sorted(plan.schedule.sizes() - {mc.patch_size})
+    notes = [f"{cfg.solver}, {cfg.steps} steps, cfg scale {cfg.cfg_scale}" + ("" if plan.guided else " (no guidance)"),
+             f"compute fraction {macs / base:.4f} of all-powerful" + (f", weak p{weak[0]}" if len(weak) == 1 else "")]
+    row = {"kind": "schedule", "model": v.label, "source": v.source, "lora": v.lora, "depth": mc.depth,
+           "width": mc.hidden_size, "heads": mc.num_heads, "latent": f"{mc.input_size}x{mc.input_size}",
+           "patch_size": "", "tokens": "", "batch": spec.batch, "dtype": dtype, "macs": macs, "flops": 2 * macs,
+           "gmacs": macs / 1e9, "gflops": 2 * macs / 1e9, "batch_macs": spec.batch * macs,
+           "batch_flops": 2 * spec.batch * macs, **_param_stats(v.model, dtype), "arithmetic_intensity": math.nan,
+           "schedule": run.schedule, "steps": cfg.steps, "packing": run.packing}
+    if v.model.flex is not None and v.model.flex.mode == "shared":
+        notes.append("shared mode: the weight projection is counted per sample, as in run.json")
+    return row, notes
+
+
+def _time_runs(spec, variants: list[_Variant], runs: list[_Run], device: torch.device, dtype: str,
+               say: Callable[[str], None]) -> tuple[dict, dict, int]:
+    """Warm up, then time every distinct code path `repeats` times, round-robin -> (times, peak memory, warmup)."""
+    from flexcli.profiling.spec import COMPILE_WARMUP
+    from flexcli.sampling import sample_latents
 
     torch_dtype = lat.DTYPES[dtype]
     on_cuda = device.type == "cuda"
@@ -256,9 +248,8 @@ def run_schedules(spec, device: torch.device | None, dtype: str, common: dict,
     indices = list(range(spec.batch))
     for v in variants:
         v.model = v.model.to(device=device, dtype=torch_dtype)
-        mine = [r for r in runs if r.variant is v]
         timed: dict[tuple, _Run] = {}
-        for r in mine:  # one timing per distinct code path (x/x schedules: the separate run serves both rows)
+        for r in (r for r in runs if r.variant is v):  # one timing per distinct code path (x/x: both packings)
             timed.setdefault(_key(r), r)
         sampler_model = v.model
         if spec.compile:
@@ -285,32 +276,34 @@ def run_schedules(spec, device: torch.device | None, dtype: str, common: dict,
                         peak_mem[key] = max(peak_mem.get(key, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
     if spec.compile:
         torch._dynamo.reset()
+    return samples, peak_mem, warmup
 
-    out = []
-    for run, row, notes in rows:
-        key = _key(run)
-        timing = lat.Timing(tuple(samples[key]))
-        mc = run.variant.model.config
-        if run.packing == "packed" and not run.mixed:
-            notes.append("no mixed-size steps: both packings run the same code, one measurement for both rows")
-        if spec.compile and run.packing == "packed" and run.mixed:
-            notes.append("--compile: the packed forward of mixed-size steps runs eagerly")
-        if dtype != "fp32":
-            notes.append(f"weights in {dtype}, the sampler's {run.config.dtype} autocast, fp32 solver state")
-        notes.append("timed: sample_latents (noise, steps, solver), no VAE or PNG writing")
-        if not on_cuda:
-            notes.append("peak memory is measured on CUDA only")
-        peak_tflops, peak_tbps = lat.resolve_peaks(name, dtype, on_cuda, spec.peak_tflops, spec.peak_bandwidth, notes)
-        achieved = row["batch_flops"] / (timing.median / 1e3) / 1e12
-        row.update({
-            "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "compile": spec.compile,
-            "attention_backend": lat.attention_backend(device, torch_dtype, mc.tokens(), mc.num_heads,
-                                                       mc.hidden_size // mc.num_heads, 2 * spec.batch),
-            "torch": torch.__version__, "latency_ms": timing.median, "latency_ms_p25": timing.quantile(0.25),
-            "latency_ms_p75": timing.quantile(0.75), "latency_ms_std": timing.std,
-            "latency_ms_min": min(timing.samples_ms), "repeats": repeats, "warmup": warmup,
-            "achieved_tflops": achieved, "peak_tflops": peak_tflops, "peak_bandwidth_tbps": peak_tbps,
-            "pct_of_peak": 100 * achieved / peak_tflops, "peak_mem_mb": peak_mem.get(key, math.nan),
-        })
-        out.append({**row, **common, "notes": "; ".join(notes)})
-    return out
+
+def _timing_columns(spec, run: _Run, batch_flops: int, times: list[float], peak_mem: float, warmup: int,
+                    device: torch.device, dtype: str, notes: list[str]) -> dict:
+    """The timing columns of one run's row (and its notes)."""
+    timing = lat.Timing(tuple(times))
+    torch_dtype, on_cuda, name = lat.DTYPES[dtype], device.type == "cuda", lat.device_name(device)
+    repeats = spec.repeats or DEFAULT_REPEATS
+    mc = run.variant.model.config
+    if run.packing == "packed" and not run.mixed:
+        notes.append("no mixed-size steps: both packings run the same code, one measurement for both rows")
+    if spec.compile and run.packing == "packed" and run.mixed:
+        notes.append("--compile: the packed forward of mixed-size steps runs eagerly")
+    if dtype != "fp32":
+        notes.append(f"weights in {dtype}, the sampler's {run.config.dtype} autocast, fp32 solver state")
+    notes.append("timed: sample_latents (noise, steps, solver), no VAE or PNG writing")
+    if not on_cuda:
+        notes.append("peak memory is measured on CUDA only")
+    peak_tflops, peak_tbps = lat.resolve_peaks(name, dtype, on_cuda, spec.peak_tflops, spec.peak_bandwidth, notes)
+    achieved = batch_flops / (timing.median / 1e3) / 1e12
+    return {
+        "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "compile": spec.compile,
+        "attention_backend": lat.attention_backend(device, torch_dtype, mc.tokens(), mc.num_heads,
+                                                   mc.hidden_size // mc.num_heads, 2 * spec.batch),
+        "torch": torch.__version__, "latency_ms": timing.median, "latency_ms_p25": timing.quantile(0.25),
+        "latency_ms_p75": timing.quantile(0.75), "latency_ms_std": timing.std,
+        "latency_ms_min": min(timing.samples_ms), "repeats": repeats, "warmup": warmup,
+        "achieved_tflops": achieved, "peak_tflops": peak_tflops, "peak_bandwidth_tbps": peak_tbps,
+        "pct_of_peak": 100 * achieved / peak_tflops, "peak_mem_mb": peak_mem,
+    }

@@ -252,7 +252,7 @@ def _pretrain(cfg: PretrainConfig, out_dir: Path, resume: bool, stop_after: int 
 def _save_weights(model, ema, cfg, data, out_dir: Path, step: int, last_loss: float, final: bool) -> None:
     import contextlib
 
-    from flexcli import __version__
+    from flexcli.version import __version__
     from flexcli.io.checkpoint import save_checkpoint
 
     training = {"kind": "pre-training (DiT objective: MSE + VB, learned sigma)", "recipe": cfg.recipe,

@@ -1,0 +1,101 @@
+"""The settings of `flexcli sample` (defaults < recipe < flags) and the checks that need no model."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flexcli.diffusion import guidance as G
+from flexcli.diffusion.samplers import SOLVERS
+from flexcli.diffusion.schedule import ORDERS
+from flexcli.errors import FlexcliError
+from flexcli.recipes import read_recipe
+
+PACKING = ("separate", "packed")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SCHEDULE_KEYS = ("schedule", "schedule_steps", "compute")
+
+
+@dataclass
+class SampleConfig:
+    checkpoint: str = ""
+    out: str = ""
+    num_samples: int = 8
+    steps: int = 250
+    solver: str = "ddpm"
+    eta: float = 0.0  # DDIM only
+    cfg_scale: float = 4.0  # s_cfg1; 1 disables guidance
+    cfg_scale_weak: float | None = None  # s_cfg2; default from (1 - s1) / (1 - s2) = 2.5
+    guidance: str = "weak"  # weak (paper §3.4) or cfg
+    guided_channels: int | None = None  # None: all eps channels; 3: DiT's released-FID variant
+    class_labels: list[int] | None = None  # cycled over samples; None: drawn from the seed
+    seed: int = 0
+    schedule: str | None = None  # x/y, x, P:N,... (see flexcli.diffusion.schedule)
+    schedule_steps: Any = None  # explicit per-step list (recipes)
+    compute: float | None = None  # target compute fraction
+    weak_patch: int | None = None  # the weak size of x/y and --compute; default the smallest weak size
+    order: str = "weak-first"
+    packing: str = "separate"
+    batch_size: int = 16
+    vae: str | None = None
+    merge_lora: bool = False
+    device: str = "auto"
+    dtype: str = "float32"  # float32, float64 (model and solver state), bfloat16/float16 (CUDA autocast)
+    force: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------------
+def load_recipe(path: str | Path) -> dict:
+    data = read_recipe(path)
+    known = {f.name for f in dataclasses.fields(SampleConfig)} - {"out", "force"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise FlexcliError(f"recipe {path} has unknown keys {unknown}", f"use only: {', '.join(sorted(known))}")
+    return data
+
+
+def resolve_config(cli: dict, recipe: str | Path | None = None) -> SampleConfig:
+    """defaults < recipe < CLI flags (`cli` holds only the flags actually given, i.e. not None)."""
+    merged = SampleConfig().to_dict()
+    layer = load_recipe(recipe) if recipe else {}
+    cli = {k: v for k, v in cli.items() if v is not None}
+    for level in (layer, cli):
+        given = [k for k in SCHEDULE_KEYS if level.get(k) is not None]
+        if len(given) > 1:
+            raise FlexcliError(f"{' and '.join(given)} are both given", "give only one way to choose the schedule")
+        if given:
+            merged.update({k: None for k in SCHEDULE_KEYS})
+        merged.update(level)
+    cfg = SampleConfig(**merged)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: SampleConfig) -> None:
+    """Checks that need no model."""
+    def need(cond, problem, fix):
+        if not cond:
+            raise FlexcliError(problem, fix)
+    need(isinstance(cfg.num_samples, int) and cfg.num_samples >= 1, f"--num-samples {cfg.num_samples} is not positive",
+         "pass --num-samples 1 or more")
+    need(isinstance(cfg.steps, int) and 1 <= cfg.steps <= 1000, f"--steps {cfg.steps} is not in 1..1000",
+         "e.g. --steps 250")
+    need(cfg.solver in SOLVERS, f"unknown solver '{cfg.solver}'", f"use one of: {', '.join(SOLVERS)}")
+    need(cfg.guidance in G.GUIDANCE_MODES, f"unknown guidance '{cfg.guidance}'", "use weak or cfg")
+    need(cfg.order in ORDERS, f"unknown order '{cfg.order}'", f"use one of: {', '.join(ORDERS)}")
+    need(cfg.packing in PACKING, f"unknown packing '{cfg.packing}'", f"use one of: {', '.join(PACKING)}")
+    need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, f"--batch-size {cfg.batch_size} is not positive",
+         "pass --batch-size 1 or more")
+    need(cfg.dtype in DTYPES, f"unknown dtype '{cfg.dtype}'", f"use one of: {', '.join(DTYPES)}")
+    need(cfg.eta >= 0, f"--eta {cfg.eta} is negative", "pass --eta 0 (deterministic DDIM) or more")
+    if cfg.vae is not None and not Path(cfg.vae).exists():
+        raise FlexcliError(f"--vae path {cfg.vae} not found", "pass a local diffusers AutoencoderKL folder "
+                           "(e.g. a saved stabilityai/sd-vae-ft-ema); nothing is downloaded")
+    if cfg.class_labels is not None:
+        need(len(cfg.class_labels) > 0, "--class-labels is empty", "pass e.g. --class-labels 207,360")

@@ -1,0 +1,2 @@
+"""The flexcli version (one place; pyproject.toml holds the same string)."""
+__version__ = "0.1.0"
