@@ -100,12 +100,12 @@ _REF = None
 def _init_worker(ref_path: str, cache_dir: str, threads: int | None = 1) -> None:
     import torch
 
-    from flexcli.metrics import fmnist_classifier
+    from flexcli.builtin import classifier
     from flexcli.metrics.images import open_images
 
     if threads:
         torch.set_num_threads(threads)
-    fmnist_classifier.register()
+    classifier.register()
     global _REF
     _REF = (open_images(Path(ref_path), "--ref"), cache_dir)
 
@@ -114,22 +114,22 @@ def score(images, labels: list[int]) -> dict:
     """FID/KID/precision/recall against the reference and class accuracy, for uint8 NHWC images."""
     import torch
 
-    from flexcli.mainjob import metric_options
-    from flexcli.metrics import fmnist_classifier
+    from flexcli.builtin import classifier
+    from flexcli.builtin.demo import metric_options
     from flexcli.metrics.fid import compute_metrics
     from flexcli.metrics.images import ImageSet
 
     ref, cache = _REF
     opts = metric_options(len(images), Path(cache))
     m = compute_metrics(ImageSet.from_array(images, "samples"), ref, opts)
-    acc = fmnist_classifier.class_accuracy(torch.from_numpy(images), labels)["accuracy"]
+    acc = classifier.class_accuracy(torch.from_numpy(images), labels)["accuracy"]
     return {"fid": m["fid"], "kid": m["kid"], "precision": m["precision"], "recall": m["recall"],
             "class_accuracy": acc}
 
 
 # ---------------------------------------------------------------------------------------------- main
 def distill_weak(flex: Path, out: Path, a: argparse.Namespace, say) -> tuple[Path, dict]:
-    from flexcli.mainjob import distill_config
+    from flexcli.builtin.demo import distill_config
     from flexcli.train import distill
 
     cfg = distill_config(a.distill_steps, a.distill_batch, a.distill_lr, data_limit=a.data_limit, where="fmnist_claims")
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
 
     from _common import provenance, write_csv
     from flexcli.api import flexify_checkpoint, load_model
-    from flexcli.mainjob import BASE, write_reference
+    from flexcli.builtin.demo import BASE, write_reference
     from flexcli.sampling import SampleConfig, sample
 
     def say(msg: str) -> None:
