@@ -143,41 +143,12 @@ def distill_weak(flex: Path, out: Path, a: argparse.Namespace, say) -> tuple[Pat
                             "losses_every_100": res.losses[::100], "seconds": round(time.perf_counter() - start, 1)}
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
+def run_cells(a: argparse.Namespace, models: dict, device, pool, t0: float, say) -> tuple[list[dict], int]:
+    """Sample every cell in priority order until the budget is spent; score them (the first here, the rest in the
+    worker pool). Returns the scored rows and the number of cells not started."""
     import torch
 
-    from _common import provenance, write_csv
-    from flexcli.api import flexify_checkpoint, load_model
-    from flexcli.builtin.demo import BASE, write_reference
     from flexcli.sampling import SampleConfig, sample
-
-    def say(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 sampling, the same arithmetic as on a CPU
-    a.out.mkdir(parents=True, exist_ok=True)
-    work = a.out / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    ref = write_reference(work / "ref.npz", a.ref_images)
-
-    ctx = mp.get_context("spawn")  # before CUDA is touched; workers use the CPU only
-    pool = ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(str(ref), str(work / "cache")))
-    _init_worker(str(ref), str(work / "cache"), threads=None)  # the main process scores the first cell
-    flex, _, _ = flexify_checkpoint(BASE, [a.weak_patch], work / "flex.safetensors", force=True)
-    if a.distilled is not None:
-        distilled, distill_info = a.distilled, {"reused": str(a.distilled)}
-    else:
-        distilled, distill_info = distill_weak(flex, work / "distill", a, say)
-        shutil.copy(distilled, a.out / "distilled.safetensors")
-        say(f"distilled in {distill_info['seconds']} s, final loss {distill_info['final_loss']:.4f}")
-    # LoRAs merged into per-size weight copies: the zero-overhead deployment of §3.2, and its FLOPs
-    models = {"pi": load_model(flex, merge_lora=True).to(device).eval(),
-              "distilled": load_model(distilled, merge_lora=True).to(device).eval()}
 
     todo = cells(a)
     labels = [i % 10 for i in range(a.num_samples)]
@@ -216,6 +187,45 @@ def main(argv=None) -> int:
     for row, fut in futures:
         row.update(fut.result())
         rows.append(row)
+    return rows, skipped
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    import torch
+
+    from _common import provenance, write_csv
+    from flexcli.api import flexify_checkpoint, load_model
+    from flexcli.builtin.demo import BASE, write_reference
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if a.device == "auto" else a.device))
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 sampling, the same arithmetic as on a CPU
+    a.out.mkdir(parents=True, exist_ok=True)
+    work = a.out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    ref = write_reference(work / "ref.npz", a.ref_images)
+
+    ctx = mp.get_context("spawn")  # before CUDA is touched; workers use the CPU only
+    pool = ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(str(ref), str(work / "cache")))
+    _init_worker(str(ref), str(work / "cache"), threads=None)  # the main process scores the first cell
+    flex, _, _ = flexify_checkpoint(BASE, [a.weak_patch], work / "flex.safetensors", force=True)
+    if a.distilled is not None:
+        distilled, distill_info = a.distilled, {"reused": str(a.distilled)}
+    else:
+        distilled, distill_info = distill_weak(flex, work / "distill", a, say)
+        shutil.copy(distilled, a.out / "distilled.safetensors")
+        say(f"distilled in {distill_info['seconds']} s, final loss {distill_info['final_loss']:.4f}")
+    # LoRAs merged into per-size weight copies: the zero-overhead deployment of §3.2, and its FLOPs
+    models = {"pi": load_model(flex, merge_lora=True).to(device).eval(),
+              "distilled": load_model(distilled, merge_lora=True).to(device).eval()}
+
+    rows, skipped = run_cells(a, models, device, pool, t0, say)
     pool.shutdown()
     prov = provenance()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
