@@ -76,7 +76,7 @@ def resolve_layers(cls: type[T], layers: Iterable[Layer], *, base: T | None = No
                                    f"give only one of {', '.join(group)}")
             if given:
                 merged.update({k: None for k in group})
-        merged.update({k: coerce(hints[k], v, k, where, fields[k]) for k, v in values.items()})
+        merged.update({k: _coerce(hints[k], v, k, where, fields[k]) for k, v in values.items()})
         if values:
             sources.append(where)
     cfg = cls(**merged)
@@ -104,7 +104,7 @@ def save_resolved(cfg, path: str | Path, header: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-def coerce(hint, value, key: str, where: str, default=None):
+def _coerce(hint, value, key: str, where: str, default=None):
     """`value` as the type `hint` names, or a FlexcliError naming `key`, `where` and (as an example) `default`."""
     try:
         return _convert(hint, value)
