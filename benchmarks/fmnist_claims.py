@@ -100,12 +100,12 @@ _REF = None
 def _init_worker(ref_path: str, cache_dir: str, threads: int | None = 1) -> None:
     import torch
 
-    from flexcli.metrics import fmnist_classifier
+    from flexcli.builtin import classifier
     from flexcli.metrics.images import open_images
 
     if threads:
         torch.set_num_threads(threads)
-    fmnist_classifier.register()
+    classifier.register()
     global _REF
     _REF = (open_images(Path(ref_path), "--ref"), cache_dir)
 
@@ -114,22 +114,22 @@ def score(images, labels: list[int]) -> dict:
     """FID/KID/precision/recall against the reference and class accuracy, for uint8 NHWC images."""
     import torch
 
-    from flexcli.mainjob import metric_options
-    from flexcli.metrics import fmnist_classifier
+    from flexcli.builtin import classifier
+    from flexcli.builtin.demo import metric_options
     from flexcli.metrics.fid import compute_metrics
     from flexcli.metrics.images import ImageSet
 
     ref, cache = _REF
     opts = metric_options(len(images), Path(cache))
     m = compute_metrics(ImageSet.from_array(images, "samples"), ref, opts)
-    acc = fmnist_classifier.class_accuracy(torch.from_numpy(images), labels)["accuracy"]
+    acc = classifier.class_accuracy(torch.from_numpy(images), labels)["accuracy"]
     return {"fid": m["fid"], "kid": m["kid"], "precision": m["precision"], "recall": m["recall"],
             "class_accuracy": acc}
 
 
 # ---------------------------------------------------------------------------------------------- main
 def distill_weak(flex: Path, out: Path, a: argparse.Namespace, say) -> tuple[Path, dict]:
-    from flexcli.mainjob import distill_config
+    from flexcli.builtin.demo import distill_config
     from flexcli.train import distill
 
     cfg = distill_config(a.distill_steps, a.distill_batch, a.distill_lr, data_limit=a.data_limit, where="fmnist_claims")
@@ -143,41 +143,12 @@ def distill_weak(flex: Path, out: Path, a: argparse.Namespace, say) -> tuple[Pat
                             "losses_every_100": res.losses[::100], "seconds": round(time.perf_counter() - start, 1)}
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
+def run_cells(a: argparse.Namespace, models: dict, device, pool, t0: float, say) -> tuple[list[dict], int]:
+    """Sample every cell in priority order until the budget is spent; score them (the first here, the rest in the
+    worker pool). Returns the scored rows and the number of cells not started."""
     import torch
 
-    from _common import provenance, write_csv
-    from flexcli.api import flexify_checkpoint, load_model
-    from flexcli.mainjob import BASE, write_reference
     from flexcli.sampling import SampleConfig, sample
-
-    def say(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 sampling, the same arithmetic as on a CPU
-    a.out.mkdir(parents=True, exist_ok=True)
-    work = a.out / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    ref = write_reference(work / "ref.npz", a.ref_images)
-
-    ctx = mp.get_context("spawn")  # before CUDA is touched; workers use the CPU only
-    pool = ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(str(ref), str(work / "cache")))
-    _init_worker(str(ref), str(work / "cache"), threads=None)  # the main process scores the first cell
-    flex, _, _ = flexify_checkpoint(BASE, [a.weak_patch], work / "flex.safetensors", force=True)
-    if a.distilled is not None:
-        distilled, distill_info = a.distilled, {"reused": str(a.distilled)}
-    else:
-        distilled, distill_info = distill_weak(flex, work / "distill", a, say)
-        shutil.copy(distilled, a.out / "distilled.safetensors")
-        say(f"distilled in {distill_info['seconds']} s, final loss {distill_info['final_loss']:.4f}")
-    # LoRAs merged into per-size weight copies: the zero-overhead deployment of §3.2, and its FLOPs
-    models = {"pi": load_model(flex, merge_lora=True).to(device).eval(),
-              "distilled": load_model(distilled, merge_lora=True).to(device).eval()}
 
     todo = cells(a)
     labels = [i % 10 for i in range(a.num_samples)]
@@ -216,6 +187,45 @@ def main(argv=None) -> int:
     for row, fut in futures:
         row.update(fut.result())
         rows.append(row)
+    return rows, skipped
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    import torch
+
+    from _common import provenance, write_csv
+    from flexcli.api import flexify_checkpoint, load_model
+    from flexcli.builtin.demo import BASE, write_reference
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if a.device == "auto" else a.device))
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 sampling, the same arithmetic as on a CPU
+    a.out.mkdir(parents=True, exist_ok=True)
+    work = a.out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    ref = write_reference(work / "ref.npz", a.ref_images)
+
+    ctx = mp.get_context("spawn")  # before CUDA is touched; workers use the CPU only
+    pool = ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(str(ref), str(work / "cache")))
+    _init_worker(str(ref), str(work / "cache"), threads=None)  # the main process scores the first cell
+    flex, _, _ = flexify_checkpoint(BASE, [a.weak_patch], work / "flex.safetensors", force=True)
+    if a.distilled is not None:
+        distilled, distill_info = a.distilled, {"reused": str(a.distilled)}
+    else:
+        distilled, distill_info = distill_weak(flex, work / "distill", a, say)
+        shutil.copy(distilled, a.out / "distilled.safetensors")
+        say(f"distilled in {distill_info['seconds']} s, final loss {distill_info['final_loss']:.4f}")
+    # LoRAs merged into per-size weight copies: the zero-overhead deployment of §3.2, and its FLOPs
+    models = {"pi": load_model(flex, merge_lora=True).to(device).eval(),
+              "distilled": load_model(distilled, merge_lora=True).to(device).eval()}
+
+    rows, skipped = run_cells(a, models, device, pool, t0, say)
     pool.shutdown()
     prov = provenance()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 FLEXCLI_FASHION_MNIST="$PWD/.fmnist" PY=python3
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/torch_fidelity*.whl .whl/peft*.whl
 export PYTHONPATH="$PWD:/tmp/site"
-SMOKE='from flexcli.api import flexify_checkpoint; from flexcli.mainjob import BASE; import torch_fidelity
+SMOKE='from flexcli.api import flexify_checkpoint; from flexcli.builtin.demo import BASE; import torch_fidelity
 flexify_checkpoint(BASE, [8], "/tmp/smoke.safetensors", force=True); print("smoke ok")'
 if ! python3 -c "$SMOKE"; then  # the carried peft does not fit this image: use the image's own
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-tf .whl/torch_fidelity*.whl

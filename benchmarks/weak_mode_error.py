@@ -17,7 +17,7 @@ import torch
 
 from _common import provenance, write_csv
 from flexcli.api import load_model
-from flexcli.data import fashion_mnist, to_model_size
+from flexcli.builtin.fashion_mnist import fashion_mnist, model_pixels
 from flexcli.diffusion.process import GaussianDiffusion
 
 
@@ -33,7 +33,7 @@ def main(argv=None) -> Path:
     flex, dist = load_model(a.flexified), load_model(a.distilled)
     p0, weak = flex.patch_sizes[0], min(flex.patch_sizes[1:])
     images, labels = fashion_mnist("test")
-    x0 = to_model_size(images[:a.images].float().unsqueeze(1) / 127.5 - 1.0, flex.config.input_size)
+    x0 = model_pixels(images[:a.images], flex.config.input_size)
     y = labels[:a.images].long()
     alphas_bar = GaussianDiffusion().alphas_cumprod  # DiT's linear schedule, 1000 steps
     gen = torch.Generator().manual_seed(0)

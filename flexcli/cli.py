@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from flexcli.version import __version__
+from flexcli.commands.builtin import app as builtin_app
 from flexcli.commands.demo import demo
 from flexcli.commands.distill import distill
 from flexcli.commands.evaluate import evaluate
@@ -25,6 +26,7 @@ app.command()(evaluate)
 app.command()(sample)
 app.command()(distill)
 app.command()(demo)
+app.add_typer(builtin_app, name="builtin")
 
 
 def _version(value: bool) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import sys
 import traceback
@@ -18,6 +19,11 @@ def result(line: str) -> None:
     """A result (usually a path) on stdout."""
     sys.stdout.write(f"{line}\n")
     sys.stdout.flush()
+
+
+def log(message: str) -> None:
+    """A time-stamped progress line on stderr (long jobs: training)."""
+    err.print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", markup=False)
 
 
 def _one_line(prefix: str, message: str) -> None:

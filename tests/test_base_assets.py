@@ -57,7 +57,7 @@ def test_recipe_reproduces_the_committed_loss_curve(tmp_path):
     """The first steps of the real recipe (full data, batch 128, one thread) give the committed losses exactly."""
     import csv
 
-    from flexcli.train import pretrain as P
+    from flexcli.builtin import train_base as P
 
     cfg = P.resolve(Path(__file__).resolve().parents[1] / "recipes" / "base" / "fashion_mnist_dit.yaml")
     got = P.pretrain(cfg, tmp_path / "run", stop_after=3).losses

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from flexcli.metrics import fmnist_classifier as C
+from flexcli.builtin import classifier as C
+from flexcli.builtin import train_classifier as T
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "base" / "fashion_mnist_classifier.yaml"
@@ -16,20 +17,20 @@ shipped = pytest.mark.skipif(not C.DEFAULT_WEIGHTS.exists(), reason="classifier 
 
 
 def test_same_seed_same_loss_sequence():
-    cfg = C.resolve(RECIPE, {"data_limit": 256, "batch_size": 32})
-    a = C.train(cfg, stop_after=4).losses
-    b = C.train(cfg, stop_after=4).losses
+    cfg = T.resolve(RECIPE, {"data_limit": 256, "batch_size": 32})
+    a = T.train(cfg, stop_after=4).losses
+    b = T.train(cfg, stop_after=4).losses
     assert len(a) == 4 and a == b
-    assert C.train(C.resolve(RECIPE, {"data_limit": 256, "batch_size": 32, "seed": 1}), stop_after=4).losses != a
+    assert T.train(T.resolve(RECIPE, {"data_limit": 256, "batch_size": 32, "seed": 1}), stop_after=4).losses != a
 
 
 def test_recipe_errors_name_the_key():
     from flexcli.errors import FlexcliError
 
     with pytest.raises(FlexcliError, match="unknown classifier setting 'epoch'"):
-        C.resolve(None, {"epoch": 3})
+        T.resolve(None, {"epoch": 3})
     with pytest.raises(FlexcliError, match="'channels' has the wrong type"):
-        C.resolve(None, {"channels": 16})
+        T.resolve(None, {"channels": 16})
 
 
 def test_prepare_pads_28_and_reads_uint8():
@@ -44,12 +45,12 @@ def test_prepare_pads_28_and_reads_uint8():
 def test_shipped_classifier_is_accurate():
     model, meta = C.load_classifier()
     assert meta["metrics"]["test_accuracy"] >= 0.85  # recorded on the full test split
-    assert C.test_accuracy(model, limit=1000) >= 0.85  # recomputed on a slice
+    assert T.test_accuracy(model, limit=1000) >= 0.85  # recomputed on a slice
 
 
 @shipped
 def test_class_accuracy_and_fidelity_extractor_on_real_images(tmp_path):
-    from flexcli.data import fashion_mnist, to_model_size
+    from flexcli.builtin.fashion_mnist import fashion_mnist, to_model_size
     from flexcli.metrics.fid import MetricOptions, compute_metrics
     from flexcli.metrics.images import ImageSet
 

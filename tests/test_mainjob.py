@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from flexcli.cli import app
-from flexcli.metrics import fmnist_classifier
+from flexcli.builtin import classifier as fmnist_classifier
 
 runner = CliRunner()
 pytestmark = pytest.mark.skipif(not fmnist_classifier.DEFAULT_WEIGHTS.exists(), reason="classifier not trained yet")
@@ -30,7 +30,7 @@ def base(tmp_path):
 
 
 def test_main_job_tiny(base, tmp_path):
-    from flexcli.mainjob import run_main_job, settings
+    from flexcli.builtin.demo import run_main_job, settings
 
     job = settings(quick=True, distill_steps=2, num_samples=12, ref_images=40, steps=4, schedules=["4/4", "2/2"],
                    cfg_scales=[2.0], batch_size=12)
@@ -53,4 +53,4 @@ def test_main_job_tiny(base, tmp_path):
 
 def test_demo_missing_base_is_one_line(tmp_path):
     res = runner.invoke(app, ["demo", "--base", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "not found" in res.output and "flexcli.train.pretrain" in res.output
+    assert res.exit_code == 2 and "not found" in res.output and "flexcli builtin train-base" in res.output

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from flexcli.train import pretrain as P
+from flexcli.builtin import train_base as P
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"steps": 5, "batch_size": 8, "data_limit": 64, "warmup_steps": 2, "log_every": 1, "ckpt_every": 100}

@@ -27,21 +27,21 @@ def _sample(path: Path) -> None:
 
 
 def _base(path: Path) -> None:
-    """recipes/base/: training the built-in default's base model (flexcli.train.pretrain) or its domain
-    classifier (flexcli.metrics.fmnist_classifier); every key is known and the header gives the exact command."""
+    """recipes/base/: training the built-in default's base model (flexcli builtin train-base) or its domain
+    classifier (flexcli builtin train-classifier); every key is known and the header gives the exact command."""
     header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
-    if "flexcli.train.pretrain" in header:
-        from flexcli.train.pretrain import resolve as resolve_pretrain
+    if "flexcli builtin train-base" in header:
+        from flexcli.builtin.train_base import resolve as resolve_pretrain
 
         cfg = resolve_pretrain(path)
         assert cfg.recipe == str(path) and set(load_recipe(path)) <= set(cfg.to_dict())
-        assert f"python -m flexcli.train.pretrain --recipe recipes/base/{path.name}" in header
-    elif "flexcli.metrics.fmnist_classifier" in header:
-        from flexcli.metrics.fmnist_classifier import resolve as resolve_classifier
+        assert f"flexcli builtin train-base --recipe recipes/base/{path.name}" in header
+    elif "flexcli builtin train-classifier" in header:
+        from flexcli.builtin.train_classifier import resolve as resolve_classifier
 
         cfg = resolve_classifier(path)
         assert cfg.recipe == str(path) and set(load_recipe(path)) <= set(cfg.to_dict())
-        assert f"python -m flexcli.metrics.fmnist_classifier --recipe recipes/base/{path.name}" in header
+        assert f"flexcli builtin train-classifier --recipe recipes/base/{path.name}" in header
     else:
         raise AssertionError("the header comment must give the exact training command")
 

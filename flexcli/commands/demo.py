@@ -13,16 +13,19 @@ def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the results (pareto.csv, plots, work/)."),
     quick: bool = typer.Option(False, "--quick", help="A small run (about 3 minutes on 2 CPU cores), as CI runs it."),
     base: Optional[Path] = typer.Option(None, help="Base checkpoint [default: the shipped DiT-FMNIST/4]."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML of demo settings (weak_patch, "
+                                          "distill_steps, schedules, cfg_scales, ...): defaults or --quick < recipe."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
 ) -> None:
     """Flexify the shipped Fashion-MNIST DiT (weak patch 8), distil it, sweep schedules x guidance scales."""
     with user_errors():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from flexcli.mainjob import run_main_job
+        from flexcli.builtin.demo import run_main_job, settings
 
-        names = {"reference": "reference images", "flexify": "flexify -p 8", "distill": "distil weak mode",
-                 "sample": "sample settings", "metrics": "metrics"}
+        job = settings(quick, recipe)
+        names = {"reference": "reference images", "flexify": f"flexify -p {job.weak_patch}",
+                 "distill": "distil weak mode", "sample": "sample settings", "metrics": "metrics"}
         with Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, transient=False) as bar:
             tasks: dict[str, int] = {}
@@ -31,7 +34,7 @@ def demo(
                 if stage not in tasks:
                     tasks[stage] = bar.add_task(names.get(stage, stage), total=total)
                 bar.update(tasks[stage], completed=done, total=total)
-            res = run_main_job(out, quick=quick, base=base, force=force, progress=progress)
+            res = run_main_job(out, quick=quick, base=base, force=force, progress=progress, job=job)
         for r in res["rows"]:
             ca = r.get("class_accuracy")
             err.print(f"{r['label']:>14}  compute {r['compute_fraction']:.3f}  FID {r['fid']:.3f}  "

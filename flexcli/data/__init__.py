@@ -1,4 +1,4 @@
-"""Training data for `flexcli distill`: the built-in Fashion-MNIST set, latent shards and VAE-encoded image folders."""
-from flexcli.data.datasets import (FASHION_MNIST_DIR, TensorData, fashion_mnist, load_training_data, to_model_size)
+"""Training data for `flexcli distill`: named sets (flexcli.registry), latent shards and VAE-encoded image folders."""
+from flexcli.data.datasets import TensorData, load_training_data
 
-__all__ = ["FASHION_MNIST_DIR", "TensorData", "fashion_mnist", "load_training_data", "to_model_size"]
+__all__ = ["TensorData", "load_training_data"]

@@ -1,10 +1,8 @@
 """Training data as tensors: (N, C, H, W) float32 latents (or pixels in [-1, 1]) and (N,) int64 labels.
 
 Sources (`load_training_data(spec, config, ...)`):
-* `fashion-mnist`: the built-in real data set from the Debian package `dataset-fashion-mnist`
-  (/usr/share/datasets/fashion-mnist/*-idx*-ubyte.gz). For pixel-space models (in_channels 1). The 28x28 images
-  are scaled to [-1, 1], then padded with the background value -1 to the model's input size when it is 28 or
-  more (32x32: 2 pixels each side), or area-resized down when it is smaller (16x16).
+* a named set `NAME[:variant]` from `flexcli.registry.TRAINING_DATA`: the built-in `fashion-mnist` (`:train` or
+  `:test`, pixel-space models with in_channels 1; see flexcli.builtin.fashion_mnist).
 * latent shards: a `.safetensors` or `.npz` file, or a folder of them, each holding `latents` (N, C, H, W) and
   optionally `labels` (N,) (missing labels -> the null class).
 * an image folder (class subfolders give the labels in sorted order; images directly in the folder get the null
@@ -15,23 +13,16 @@ Sources (`load_training_data(spec, config, ...)`):
 """
 from __future__ import annotations
 
-import functools
-import gzip
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from flexcli import registry
 from flexcli.errors import FlexcliError
 
-FASHION_MNIST_DIR = Path(os.environ.get("FLEXCLI_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-BUILTIN = ("fashion-mnist",)
 VAE_SCALE = 0.18215
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SHARD_SUFFIXES = {".safetensors", ".npz"}
@@ -48,50 +39,6 @@ class TensorData:
 
     def describe(self) -> dict:
         return {"source": self.source, "count": len(self), "shape": list(self.latents.shape[1:])}
-
-
-# --------------------------------------------------------------------------------------------------
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def fashion_mnist(split: str = "train", root: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 28, 28) uint8 images and (N,) int64 labels of Fashion-MNIST from the Debian package."""
-    root = Path(root) if root is not None else FASHION_MNIST_DIR
-    images, labels = _fashion_mnist_cached(str(root), split)
-    return images.clone(), labels.clone()
-
-
-@functools.lru_cache(maxsize=4)
-def _fashion_mnist_cached(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    root = Path(root)
-    images, labels = (root / name for name in FASHION_MNIST_FILES[split])
-    if not images.exists() or not labels.exists():
-        raise FlexcliError(f"Fashion-MNIST not found in {root} (missing {images.name if not images.exists() else labels.name})",
-                           "install it with: apt-get install dataset-fashion-mnist")
-    return torch.from_numpy(_read_idx(images).copy()), torch.from_numpy(_read_idx(labels).astype(np.int64))
-
-
-def to_model_size(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, C, h, w) images in [-1, 1] -> (N, C, size, size): pad with -1 when larger, area-resize when smaller."""
-    h, w = images.shape[-2:]
-    if size >= max(h, w):
-        top, left = (size - h) // 2, (size - w) // 2
-        return F.pad(images, (left, size - w - left, top, size - h - top), value=-1.0)
-    return F.interpolate(images, size=(size, size), mode="area")
-
-
-def _fashion_mnist_data(config, split: str = "train") -> TensorData:
-    if config.in_channels != 1:
-        raise FlexcliError(f"fashion-mnist is 1-channel pixel data, but the checkpoint expects {config.in_channels} channels",
-                           "pass latent shards or an image folder with --vae instead")
-    images, labels = fashion_mnist(split)
-    x = to_model_size(images.float().unsqueeze(1) / 127.5 - 1.0, config.input_size)
-    return TensorData(x.contiguous(), labels, f"fashion-mnist:{split}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,25 +186,22 @@ def _check_fits(data: TensorData, config) -> TensorData:
 def load_training_data(spec: str | Path, config, vae: str | Path | None = None,
                        cache_dir: str | Path | None = None, limit: int | None = None) -> TensorData:
     """Load `spec` (see the module docstring) for a model with `config`; checks shapes and labels."""
-    spec_s = str(spec)
-    if spec_s in BUILTIN or spec_s.split(":")[0] in BUILTIN:
-        split = spec_s.split(":")[1] if ":" in spec_s else "train"
-        if split not in FASHION_MNIST_FILES:
-            raise FlexcliError(f"unknown fashion-mnist split '{split}'", "use fashion-mnist:train or fashion-mnist:test")
-        data = _fashion_mnist_data(config, split)
+    name, _, variant = str(spec).partition(":")
+    if name in registry.TRAINING_DATA:
+        data = registry.load(registry.TRAINING_DATA[name])(config, variant or None)
     else:
-        path = Path(spec)
+        path, named = Path(spec), ", ".join(registry.TRAINING_DATA)
         if vae is not None and not Path(vae).exists():
             raise FlexcliError(f"--vae {vae} not found", "pass a local diffusers AutoencoderKL folder")
         if not path.exists():
-            raise FlexcliError(f"data {path} not found", f"pass a folder, a latent shard or one of: {', '.join(BUILTIN)}")
+            raise FlexcliError(f"data {path} not found", f"pass a folder, a latent shard or one of: {named}")
         if path.is_dir():
             data = _folder_data(path, config, Path(vae) if vae else None, cache_dir)
         elif path.suffix in SHARD_SUFFIXES:
             data = _shard_data([path], config, f"latent shard {path}")
         else:
             raise FlexcliError(f"data {path} is neither a folder nor a .safetensors/.npz latent shard",
-                               "pass a folder of images or shards, a shard file, or fashion-mnist")
+                               f"pass a folder of images or shards, a shard file, or one of: {named}")
     if limit is not None and limit > 0:
         data = TensorData(data.latents[:limit], data.labels[:limit], data.source + f" (first {limit})")
     return _check_fits(data, config)

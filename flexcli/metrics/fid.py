@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flexcli import registry
 from flexcli.errors import FlexcliError
 from flexcli.metrics.images import ImageSet, check_same_size
 
@@ -64,17 +65,12 @@ def register_features(name: str, cls, *, metrics: tuple[str, ...] = ("fid", "kid
     return spec
 
 
-# Extractors shipped with flexcli, registered on first use (their modules import torch-fidelity and weights).
-_BUILTIN = {"fmnist": "flexcli.metrics.fmnist_classifier"}
-
-
 def feature_spec(name: str) -> FeatureSpec:
-    if name not in _REGISTRY and name in _BUILTIN:
-        import importlib
-
-        importlib.import_module(_BUILTIN[name]).register()
+    """The extractor called `name`; one that flexcli.registry names registers itself on first use."""
+    if name not in _REGISTRY and name in registry.FEATURE_EXTRACTORS:
+        registry.load(registry.FEATURE_EXTRACTORS[name])()
     if name not in _REGISTRY:
-        choices = sorted(set(_REGISTRY) | set(_BUILTIN))
+        choices = sorted(set(_REGISTRY) | set(registry.FEATURE_EXTRACTORS))
         raise FlexcliError(f"unknown feature extractor '{name}'", f"choose one of: {', '.join(choices)}")
     return _REGISTRY[name]
 

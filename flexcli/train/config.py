@@ -1,15 +1,15 @@
 """The distillation run's settings: defaults < recipe YAML < CLI flags; the resolved config is saved with the run.
 
-Recipes are plain YAML mappings whose keys are `DistillConfig` fields (loaded with yaml.safe_load). An unknown
+Recipes are plain YAML mappings whose keys are `DistillConfig` fields, resolved by `flexcli.config`: an unknown
 key or a value of the wrong type is an error that names the key.
 """
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flexcli import config
 from flexcli.errors import FlexcliError
 from flexcli.recipes import read_recipe
 
@@ -60,46 +60,6 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
-_HINTS = typing.get_type_hints(DistillConfig)
-
-
-def _coerce(key: str, value, where: str):
-    hint = _HINTS[key]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise FlexcliError(f"{where}: '{key}' must not be empty", f"give '{key}' a value")
-    base = next(a for a in args if a is not type(None)) if optional else hint
-    origin = typing.get_origin(base)
-    try:
-        if origin is list:
-            (item,) = typing.get_args(base)
-            if not isinstance(value, (list, tuple)):
-                value = [value]
-            return [item(v) for v in value]
-        if base is bool:
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if base is str:
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    raise FlexcliError(f"{where}: '{key}' = {value!r} is not a valid {getattr(base, '__name__', base)}",
-                       f"fix '{key}'")
-
-
 def validate(cfg: DistillConfig, where: str = "config") -> DistillConfig:
     def need(cond: bool, problem: str, fix: str):
         if not cond:
@@ -132,39 +92,21 @@ def validate(cfg: DistillConfig, where: str = "config") -> DistillConfig:
     return cfg
 
 
-def from_mapping(values: dict, base: DistillConfig | None = None, where: str = "config") -> DistillConfig:
-    """`base` (default: the defaults) updated with `values`; unknown keys and bad types raise FlexcliError."""
-    if not isinstance(values, dict):
-        raise FlexcliError(f"{where} is not a mapping of settings", "write the recipe as 'key: value' lines")
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise FlexcliError(f"{where}: unknown setting '{unknown[0]}'", f"use the settings of DistillConfig: "
-                           f"{', '.join(_FIELDS)}")
-    cfg = dataclasses.replace(base or DistillConfig(), **{k: _coerce(k, v, where) for k, v in values.items()})
-    return validate(cfg, where)
-
-
 def load_recipe(path: str | Path) -> dict:
     """Read a recipe YAML file (safe_load) -> a mapping of settings."""
     return read_recipe(path)
 
 
-def resolve(recipe: str | Path | None = None, overrides: dict | None = None) -> DistillConfig:
-    """defaults < recipe < overrides (CLI flags; None values mean 'not given')."""
-    cfg = DistillConfig()
-    if recipe is not None:
-        cfg = from_mapping(load_recipe(recipe), cfg, where=f"recipe {recipe}")
-        cfg = dataclasses.replace(cfg, recipe=str(recipe))
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return from_mapping(given, cfg, where="command line") if given else validate(cfg)
+def resolve(recipe: str | Path | None = None, overrides: dict | None = None, *, base: DistillConfig | None = None,
+            where: str = "command line") -> DistillConfig:
+    """`base` (default: the defaults) < recipe < overrides (CLI flags; None values mean 'not given')."""
+    return config.resolve(DistillConfig, recipe, overrides, base=base, validate=validate, where=where)
+
+
+def read_config(path: str | Path) -> DistillConfig:
+    """A run's saved config.yaml (to resume it)."""
+    return config.load_resolved(DistillConfig, path, validate=validate)
 
 
 def save_config(cfg: DistillConfig, path: Path) -> Path:
-    import yaml
-
-    from flexcli.io.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text("# resolved flexcli distill config (defaults < recipe < command line)\n"
-                       + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return path
+    return config.save_resolved(cfg, path, "resolved flexcli distill config (defaults < recipe < command line)")

@@ -20,7 +20,7 @@ import torch
 from flexcli.version import __version__
 from flexcli.data import load_training_data
 from flexcli.errors import FlexcliError
-from flexcli.train.config import DistillConfig, from_mapping, load_recipe, resolve, save_config
+from flexcli.train.config import DistillConfig, read_config, resolve, save_config
 from flexcli.train.evaluation import weak_vs_powerful_error
 from flexcli.train.logs import LossLog, plot_losses
 from flexcli.train.state import STATE_NAME, load_state, save_state, set_rng_state
@@ -141,9 +141,7 @@ def default_out_dir(checkpoint: Path) -> Path:
 
 def resolve_config(out_dir: Path, resume: bool, config: DistillConfig | None, recipe, overrides) -> DistillConfig:
     if resume:  # the run's saved config; only `overrides` given now change it (e.g. more steps)
-        saved = from_mapping(load_recipe(out_dir / CONFIG_NAME), where=f"{out_dir / CONFIG_NAME}")
-        given = {k: v for k, v in (overrides or {}).items() if v is not None}
-        return from_mapping(given, saved, where="command line") if given else saved
+        return resolve(None, overrides, base=read_config(out_dir / CONFIG_NAME))
     if config is not None:
         return config
     return resolve(recipe, overrides)
