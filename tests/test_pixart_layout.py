@@ -57,8 +57,8 @@ def test_sharded_folder_and_single_file(model, tmp_path):
 @pytest.mark.parametrize("pipeline,max_length", [("PixArtAlphaPipeline", 120), ("PixArtSigmaPipeline", 300)])
 def test_pipeline_folder(model, tmp_path, pipeline, max_length):
     model.save_pretrained(tmp_path / "p" / "transformer")
-    (tmp_path / "p" / "model_index.json").write_text(json.dumps({"_class_name": pipeline,
-                                                                 "transformer": ["diffusers", "PixArtTransformer2DModel"]}))
+    index = {"_class_name": pipeline, "transformer": ["diffusers", "PixArtTransformer2DModel"]}
+    (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
     ckpt = read_pixart(tmp_path / "p")
     _same(ckpt.state_dict, model.state_dict())
     assert ckpt.config.model_max_length == max_length and ckpt.metadata["pipeline"] == pipeline
@@ -112,7 +112,8 @@ def test_original_layout_forward_matches_diffusers(micro):
     hw, ar = torch.tensor([[64.0, 64.0], [48.0, 80.0]]), torch.tensor([[1.0], [0.6]])
     kwargs = {"resolution": hw, "aspect_ratio": ar} if micro else {"resolution": None, "aspect_ratio": None}
     with torch.no_grad():
-        ref = model(x, encoder_hidden_states=y, timestep=t, encoder_attention_mask=mask, added_cond_kwargs=kwargs).sample
+        ref = model(x, encoder_hidden_states=y, timestep=t, encoder_attention_mask=mask,
+                    added_cond_kwargs=kwargs).sample
         ours = original_forward(sd, x, t, y, mask, heads=2, hw=hw if micro else None, ar=ar if micro else None)
     assert (ours - ref).abs().max() < 1e-5 * ref.abs().max()
     padded = y.clone()

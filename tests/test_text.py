@@ -88,6 +88,10 @@ def test_tiny_t5_through_text_encoder_dir(tmp_path, no_network):
     with torch.no_grad():
         direct = ref(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
     assert torch.allclose(out.embeds[:2], direct, atol=1e-6)
+    enc.batch_size = 1  # rows do not depend on their batch (padding to max_length)
+    assert torch.allclose(enc.encode(["A red cat on the mat", "blue sky"]).embeds, out.embeds[:2], atol=1e-6)
+    with pytest.raises(FlexcliError):
+        enc.encode([])
 
 
 def test_pipeline_folder_supplies_text_encoder_and_tokenizer(tmp_path):

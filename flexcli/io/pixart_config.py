@@ -97,8 +97,9 @@ def pixart_pos_table(cfg: PixArtConfig, grid_h: int | None = None, grid_w: int |
     grid_h = grid_h or cfg.base_size
     grid_w = grid_w or cfg.base_size
     # float32 positions as in both implementations (np.float32 / torch.float32 arange), sin-cos in float64
-    rows = np.arange(grid_h, dtype=np.float32) / np.float32(grid_h / cfg.base_size) / np.float32(cfg.interpolation_scale)
-    cols = np.arange(grid_w, dtype=np.float32) / np.float32(grid_w / cfg.base_size) / np.float32(cfg.interpolation_scale)
+    scale = np.float32(cfg.interpolation_scale)
+    rows = np.arange(grid_h, dtype=np.float32) / np.float32(grid_h / cfg.base_size) / scale
+    cols = np.arange(grid_w, dtype=np.float32) / np.float32(grid_w / cfg.base_size) / scale
     table = sincos_2d(cfg.inner_dim, rows.astype(np.float64), cols.astype(np.float64))
     return torch.from_numpy(table).unsqueeze(0)
 

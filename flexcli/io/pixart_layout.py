@@ -114,14 +114,16 @@ def _reject_dit(keys, config_json: dict | None, path: Path) -> None:
     keys, config_json = set(keys), config_json or {}
     dit = ("y_embedder.embedding_table.weight" in keys or "blocks.0.adaLN_modulation.1.weight" in keys
            or "transformer_blocks.0.norm1.linear.weight" in keys
-           or config_json.get("_class_name") == "DiTTransformer2DModel" or config_json.get("norm_type") == "ada_norm_zero")
+           or config_json.get("_class_name") == "DiTTransformer2DModel"
+           or config_json.get("norm_type") == "ada_norm_zero")
     if dit:
         raise FlexcliError(f"{path} is a class-conditional DiT checkpoint, not a PixArt (text-to-image) one",
                            "use it with flexcli's DiT commands, or pass a PixArt checkpoint")
 
 
 def _check_required(keys, path: Path) -> None:
-    missing = [k for k in REQUIRED if k not in set(keys)]
+    keys = set(keys)
+    missing = [k for k in REQUIRED if k not in keys]
     if missing:
         raise FlexcliError(f"{path} does not hold a PixArt transformer (missing {', '.join(missing[:2])})", _USE)
 
@@ -216,16 +218,16 @@ def infer_pixart_config(sd: dict[str, torch.Tensor], config_json: dict | None = 
     values = {k: _pick(k, keep, cfg_json, hints, sources) for k in keep}
     size_facts = {"sample_size": pos_size, "_source": "tensors (pos_embed grid)"}
     guess = 128 if facts["use_additional_conditions"] else 32
+    kind = "1024-px micro-conditioned" if guess == 128 else "256-px"
     values["sample_size"] = _pick("sample_size", size_facts, cfg_json, hints, sources, guess,
-                                  f"assumed ({guess}: {'1024-px micro-conditioned' if guess == 128 else '256-px'} model; "
-                                  "no config.json or pos_embed states it)")
+                                  f"assumed ({guess}: {kind} model; no config.json or pos_embed states it)")
     scale_facts = {"interpolation_scale": pos_scale, "_source": f"tensors (pos_embed is {pos_note})"}
     rule = default_interpolation_scale(values["sample_size"])
     rule_how = ("config.json (unset -> diffusers' rule max(sample_size // 64, 1))" if config_json is not None
                 else "assumed (diffusers' rule max(sample_size // 64, 1))")
     values["interpolation_scale"] = float(_pick("interpolation_scale", scale_facts, cfg_json, hints, sources,
                                                 rule, rule_how))
-    heads, head_dim, how = assumed_heads(facts["inner_dim"])
+    heads, _, how = assumed_heads(facts["inner_dim"])
     values["num_attention_heads"] = _pick("num_attention_heads", {}, cfg_json, hints, sources, heads, how)
     values["attention_head_dim"] = facts["inner_dim"] // values["num_attention_heads"]
     sources["attention_head_dim"] = "tensors (width / heads)"
