@@ -202,3 +202,14 @@ def test_assumed_heads_for_pixart_xl():
 
     assert assumed_heads(1152)[:2] == (16, 72)  # PixArt-XL/2: 16 heads x 72
     assert assumed_heads(1024)[:2] == (16, 64)
+
+
+def test_pos_table_off_the_native_grid_follows_diffusers():
+    """Other grids (PixArtMS aspect ratios, other resolutions): positions scaled by base_size / grid."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    cfg = PixArtConfig(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=1,
+                       sample_size=128, patch_size=2, caption_channels=16, cross_attention_dim=24,
+                       interpolation_scale=2.0, use_additional_conditions=True)
+    ref = get_2d_sincos_pos_embed(24, (48, 80), base_size=64, interpolation_scale=2.0, output_type="pt")
+    assert torch.equal(pixart_pos_table(cfg, 48, 80), ref.float().unsqueeze(0))
