@@ -164,11 +164,9 @@ def write_mp4(frames, path: str | Path, fps: int = WAN_FPS, crf: int = 18) -> Pa
 
 
 def mp4_available() -> bool:
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("av") is not None
 
 
 def frame_grid(videos, max_frames: int = 8, padding: int = 2) -> np.ndarray:
