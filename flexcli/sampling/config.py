@@ -11,8 +11,8 @@ import torch
 from flexcli.diffusion import guidance as G
 from flexcli.diffusion.samplers import SOLVERS
 from flexcli.diffusion.schedule import ORDERS
+from flexcli import config
 from flexcli.errors import FlexcliError
-from flexcli.recipes import read_recipe
 
 PACKING = ("separate", "packed")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,31 +50,11 @@ class SampleConfig:
         return dataclasses.asdict(self)
 
 
-# ------------------------------------------------------------------------------------------------------
-def load_recipe(path: str | Path) -> dict:
-    data = read_recipe(path)
-    known = {f.name for f in dataclasses.fields(SampleConfig)} - {"out", "force"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise FlexcliError(f"recipe {path} has unknown keys {unknown}", f"use only: {', '.join(sorted(known))}")
-    return data
-
-
 def resolve_config(cli: dict, recipe: str | Path | None = None) -> SampleConfig:
-    """defaults < recipe < CLI flags (`cli` holds only the flags actually given, i.e. not None)."""
-    merged = SampleConfig().to_dict()
-    layer = load_recipe(recipe) if recipe else {}
-    cli = {k: v for k, v in cli.items() if v is not None}
-    for level in (layer, cli):
-        given = [k for k in SCHEDULE_KEYS if level.get(k) is not None]
-        if len(given) > 1:
-            raise FlexcliError(f"{' and '.join(given)} are both given", "give only one way to choose the schedule")
-        if given:
-            merged.update({k: None for k in SCHEDULE_KEYS})
-        merged.update(level)
-    cfg = SampleConfig(**merged)
-    validate(cfg)
-    return cfg
+    """defaults < recipe < CLI flags (`cli` holds only the flags actually given, i.e. not None), through the one
+    resolver (`flexcli.config`): one way to choose the schedule per level; `out` and `force` are flags only."""
+    return config.resolve(SampleConfig, recipe, cli, exclusive=[SCHEDULE_KEYS], flag_only=("out", "force"),
+                          validate=lambda cfg, where: validate(cfg))
 
 
 def validate(cfg: SampleConfig) -> None:
