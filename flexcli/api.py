@@ -1,14 +1,16 @@
-"""The importable Python API: load, flexify, describe and save DiT checkpoints."""
+"""The importable Python API: load, flexify, describe and save checkpoints of any family (`flexcli.families`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from flexcli.version import __version__
-from flexcli.errors import FlexcliError
-from flexcli.flex.core import MODES, added_parameter_names, flexify_model
-from flexcli.io.checkpoint import Checkpoint, file_sha256, read_checkpoint, save_checkpoint
-from flexcli.models.dit import DiT
 from flexcli.compute import model_cost
+from flexcli.errors import FlexcliError
+from flexcli.families import family, read_checkpoint
+from flexcli.flex.core import MODES, FlexModel, added_parameter_names, flexify_model
+from flexcli.io.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from flexcli.version import __version__
+
+NAMES = {"dit": "DiT", "pixart": "PixArt", "wan": "Wan"}  # for messages
 
 
 def _load(model, ckpt: Checkpoint, keys: set[str] | None = None) -> None:
@@ -19,20 +21,21 @@ def _load(model, ckpt: Checkpoint, keys: set[str] | None = None) -> None:
     unexpected = sorted(given - set(expected))
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise FlexcliError(f"{ckpt.path} does not match the inferred DiT config ({what})",
-                           "the checkpoint may be damaged or not a DiT")
+        raise FlexcliError(f"{ckpt.path} does not match the inferred {NAMES.get(ckpt.family, ckpt.family)} config "
+                           f"({what})", f"the checkpoint may be damaged or not a {NAMES.get(ckpt.family, ckpt.family)}")
     try:
         model.load_state_dict({expected[k]: ckpt.state_dict[k] for k in given}, strict=True)
     except RuntimeError as e:
         line = [s.strip() for s in str(e).splitlines() if "size mismatch" in s][:1] or [str(e).splitlines()[0]]
-        raise FlexcliError(f"{ckpt.path} does not fit the inferred DiT config ({line[0]})",
-                           "the checkpoint may be damaged or not a DiT") from e
+        name = NAMES.get(ckpt.family, ckpt.family)
+        raise FlexcliError(f"{ckpt.path} does not fit the inferred {name} config ({line[0]})",
+                           f"the checkpoint may be damaged or not a {name}") from e
 
 
-def build_model(ckpt: Checkpoint) -> DiT:
+def build_model(ckpt: Checkpoint):
     """The model a checkpoint describes: the pretrained tensors are loaded first, then a flexified checkpoint's
     weak sizes are added from them (positions follow the loaded table) and its added tensors loaded."""
-    model = DiT(ckpt.config)
+    model = family(ckpt.family).model(ckpt.config)
     _load(model, ckpt, set(model.state_dict()) if ckpt.flex else None)
     if ckpt.flex:
         f = ckpt.flex
@@ -43,7 +46,7 @@ def build_model(ckpt: Checkpoint) -> DiT:
     return model.eval()
 
 
-def load_model(path: str | Path, *, use_ema: bool = True, merge_lora: bool = False) -> DiT:
+def load_model(path: str | Path, *, use_ema: bool = True, merge_lora: bool = False) -> FlexModel:
     """Load any supported checkpoint as an `nn.Module` with `forward(x, t, y, patch_size=None)`.
 
     `patch_size=None` is the pretrained size; `model.patch_sizes` lists every supported one.
@@ -79,7 +82,7 @@ def validate_weak_patches(config, weak_patches: list[int]) -> list[int]:
 
 def flexify_checkpoint(src: str | Path, weak_patches: list[int], out: str | Path | None = None, *,
                        mode: str = "lora", lora_rank: int = 32, lora_alpha: float | None = None,
-                       use_ema: bool = True, force: bool = False) -> tuple[Path, DiT, Checkpoint]:
+                       use_ema: bool = True, force: bool = False) -> tuple[Path, FlexModel, Checkpoint]:
     """Read `src`, add the weak patch sizes and write one flexcli .safetensors file (atomically)."""
     from flexcli.io.atomic import check_output
 
@@ -93,7 +96,7 @@ def flexify_checkpoint(src: str | Path, weak_patches: list[int], out: str | Path
     ckpt = read_checkpoint(src, use_ema=use_ema)
     if ckpt.flex:
         raise FlexcliError(f"{src} is already flexified (patch sizes {ckpt.flex['patch_sizes']})",
-                           "pass the original DiT checkpoint")
+                           "pass the original (not flexified) checkpoint")
     weak = validate_weak_patches(ckpt.config, weak_patches)
     model = build_model(ckpt)
     flexify_model(model, weak, mode, lora_rank, lora_alpha)

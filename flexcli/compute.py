@@ -6,8 +6,8 @@ block linears, attention (Q K^T and A V: 2 T^2 D per block), the de-tokenizer, u
 per token per adapted layer) and, in shared mode, the fixed projections of the underlying tokenizer weights.
 Not counted: norms, activations, softmax, additions (the convention of torch.utils.flop_counter).
 
-What depends on the family (its blocks) is one `FamilyCost` per config type; everything else (batches, LoRA
-rank and merging, shared mode, guidance, packing, schedules) is here once.
+What depends on the family (its blocks) is its `FamilyCost` (`flexcli.families`); everything else (batches,
+LoRA rank and merging, shared mode, guidance, packing, schedules) is here once.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from flexcli.families import FamilyCost, family_of
 from flexcli.flex.core import underlying_patch
 from flexcli.flex.resize import as_patch
-from flexcli.models.configs import DiTConfig
 
 StepCost = Callable[[object, "object | None"], int]  # (p_cond, p_uncond or None) -> MACs of one step
 
@@ -42,45 +42,8 @@ class ForwardCost:
         return self.flops / 1e9
 
 
-@dataclass(frozen=True)
-class FamilyCost:
-    """What the compute model needs to know about a family's architecture."""
-
-    terms: Callable[..., dict]  # (cfg, patch tuple, tokens) -> {term: MACs per sample}, LoRAs excluded
-    lora_dims: Callable[..., list]  # cfg -> [(d_in, d_out)] of the LoRA-adapted linears of one block
-    attention: Callable[..., int]  # (cfg, tokens) -> self-attention MACs of all blocks
-    io_dims: Callable[..., tuple]  # cfg -> (width D, in channels C, out channels per pixel)
-    spatial: Callable[..., tuple]  # cfg -> the latent's default spatial shape
-
-
-def _dit_terms(cfg: DiTConfig, p: tuple, T: int) -> dict:
-    D, H, C, Co = cfg.hidden_size, cfg.mlp_hidden, cfg.in_channels, cfg.out_channels
-    return {"patch_embed": T * C * math.prod(p) * D, "timestep_mlp": 256 * D + D * D,
-            "adaLN": cfg.depth * D * 6 * D + D * 2 * D, "qkv": cfg.depth * T * D * 3 * D,
-            "attention": _dit_attention(cfg, T), "attn_proj": cfg.depth * T * D * D,
-            "mlp": cfg.depth * 2 * T * D * H, "de_embed": T * D * math.prod(p) * Co}
-
-
-def _dit_attention(cfg: DiTConfig, T: int) -> int:
-    return cfg.depth * 2 * T * T * cfg.hidden_size
-
-
-DIT_COST = FamilyCost(
-    terms=_dit_terms,
-    lora_dims=lambda c: [(c.hidden_size, 3 * c.hidden_size), (c.hidden_size, c.hidden_size),
-                         (c.hidden_size, c.mlp_hidden), (c.mlp_hidden, c.hidden_size)],
-    attention=_dit_attention,
-    io_dims=lambda c: (c.hidden_size, c.in_channels, c.out_channels),
-    spatial=lambda c: (c.input_size, c.input_size))
-
-FAMILY_COSTS: dict[type, FamilyCost] = {DiTConfig: DIT_COST}
-
-
 def family_cost(cfg) -> FamilyCost:
-    for kind, cost in FAMILY_COSTS.items():
-        if isinstance(cfg, kind):
-            return cost
-    raise TypeError(f"no compute model for {type(cfg).__name__}")
+    return family_of(cfg).cost
 
 
 def base_patch_of(cfg) -> tuple:

@@ -298,12 +298,12 @@ def _checked(path: Path, embeds, mask, what: str, caption_channels: int | None) 
 
 def load_prompt_embeds(path: str | Path, caption_channels: int | None = None) -> TextEncoding:
     """Read and validate a prompt-embeds file (`--prompt-embeds FILE`); one-line FlexcliError on bad input."""
-    from flexcli.io.checkpoint import _read_safetensors
+    from flexcli.io.checkpoint import read_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise FlexcliError(f"prompt embeddings file {path} not found", "check the --prompt-embeds path")
-    tensors, meta = _read_safetensors(path)
+    tensors, meta = read_safetensors(path)
     encoding = _checked(path, tensors.get(EMBEDS), tensors.get(MASK), "prompt", caption_channels)
     if NEG_EMBEDS in tensors or NEG_MASK in tensors:
         neg = _checked(path, tensors.get(NEG_EMBEDS), tensors.get(NEG_MASK), "negative prompt", caption_channels)

@@ -14,7 +14,8 @@ import flexcli
 from conftest import inputs, random_dit
 from flexcli.api import flexify_checkpoint, load_model
 from flexcli.errors import FlexcliError
-from flexcli.io.checkpoint import METADATA_KEY, read_checkpoint
+from flexcli.families import read_checkpoint
+from flexcli.io.checkpoint import METADATA_KEY
 from flexcli.models.configs import named_config
 
 TINY = named_config("DiT-Tiny/2")

@@ -16,7 +16,9 @@ from diffusers.models.embeddings import Timesteps
 from conftest import inputs, random_dit
 from flexcli.api import load_model
 from flexcli.io import diffusers_layout as dl
-from flexcli.io.checkpoint import read_checkpoint, save_checkpoint, save_diffusers
+from flexcli.families import read_checkpoint
+from flexcli.io.checkpoint import save_checkpoint
+from flexcli.io.dit_layout import save_diffusers
 from flexcli.models.configs import named_config
 from flexcli.models.posembed import sincos_2d
 

@@ -18,7 +18,8 @@ from flexcli.data import load_training_data
 from flexcli.diffusion.process import GaussianDiffusion
 from flexcli.errors import FlexcliError
 from flexcli.flex.core import added_parameter_names, flexify_model
-from flexcli.io.checkpoint import read_checkpoint, save_checkpoint
+from flexcli.families import read_checkpoint
+from flexcli.io.checkpoint import save_checkpoint
 from flexcli.models.configs import DiTConfig
 from flexcli.models.dit import DiT
 from flexcli.train import distill, objectives, weak_vs_powerful_error

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from distill_helpers import latent_shard, one_thread, tiny_flex
 from flexcli.cli import app
-from flexcli.io.checkpoint import read_checkpoint
+from flexcli.families import read_checkpoint
 from flexcli.quickstart import tiny_checkpoint
 from flexcli.train.logs import read_losses
 

@@ -157,7 +157,7 @@ def test_interpolation_scale_from_config_and_defaults(tmp_path):
 
 def test_wrong_family_and_bad_inputs(model, tmp_path):
     from conftest import random_dit
-    from flexcli.io.checkpoint import save_diffusers
+    from flexcli.io.dit_layout import save_diffusers
 
     dit = random_dit("DiT-Tiny/2")
     torch.save(dit.state_dict(), tmp_path / "dit.pt")

@@ -22,7 +22,7 @@ import torch
 from flexcli.errors import FlexcliError
 from flexcli.io import pixart_keys as pk
 from flexcli.io.atomic import atomic_path
-from flexcli.io.checkpoint import _read_json, _read_safetensors, _sniff
+from flexcli.io.checkpoint import read_json as _read_json, read_safetensors as _read_safetensors, sniff as _sniff
 from flexcli.io.pixart_config import (
     PIXART_MAX_LENGTH, PixArtConfig, assumed_heads, default_interpolation_scale, pixart_pos_table)
 

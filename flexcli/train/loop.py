@@ -90,7 +90,8 @@ class _Dist:
 # --------------------------------------------------------------------------------------------------
 def _read_model(checkpoint: Path):
     from flexcli.api import build_model
-    from flexcli.io.checkpoint import file_sha256, read_checkpoint
+    from flexcli.families import read_checkpoint
+    from flexcli.io.checkpoint import file_sha256
 
     ckpt = read_checkpoint(checkpoint)
     if not ckpt.flex:
