@@ -33,6 +33,28 @@ _CONV = {2: F.conv2d, 3: F.conv3d}
 
 
 @dataclass(frozen=True)
+class TextCondition:
+    """Text conditioning of a batch: token embeddings (N, L, C) and their key mask (N, L), 1 = keep, 0 = padding."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+
+    @staticmethod
+    def cat(conds: list["TextCondition"]) -> "TextCondition":
+        """Stack along the batch (padding the token axis to the longest)."""
+        L = max(c.embeds.shape[1] for c in conds)
+        pad = [(F.pad(c.embeds, (0, 0, 0, L - c.embeds.shape[1])), F.pad(c.mask, (0, L - c.mask.shape[1])))
+               for c in conds]
+        return TextCondition(torch.cat([e for e, _ in pad]), torch.cat([m for _, m in pad]))
+
+    def to(self, device) -> "TextCondition":
+        return TextCondition(self.embeds.to(device), self.mask.to(device))
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+
+@dataclass(frozen=True)
 class FlexSpec:
     """Where a family keeps the parts flexify works on (module names)."""
 
@@ -162,8 +184,8 @@ class FlexModel(nn.Module):
 
     @staticmethod
     def cat_conditions(conds: list):
-        """Stack per-sample conditionings along the batch (class labels: tensors)."""
-        return torch.cat(conds)
+        """Stack per-sample conditionings along the batch: class labels (tensors) or `TextCondition`s."""
+        return TextCondition.cat(conds) if isinstance(conds[0], TextCondition) else torch.cat(conds)
 
     # -- shared -------------------------------------------------------------------------------------------
     @property
