@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flexcli import checks
 from flexcli.compute import model_cost
 from flexcli.errors import FlexcliError
 from flexcli.families import family, read_checkpoint
@@ -47,13 +48,14 @@ def build_model(ckpt: Checkpoint):
     return model.eval()
 
 
-def load_model(path: str | Path, *, use_ema: bool = True, merge_lora: bool = False) -> FlexModel:
+def load_model(path: str | Path, *, use_ema: bool = True, merge_lora: bool = False,
+               allow_nonfinite: bool = False) -> FlexModel:
     """Load any supported checkpoint as an `nn.Module` with `forward(x, t, y, patch_size=None)`.
 
     `patch_size=None` is the pretrained size; `model.patch_sizes` lists every supported one.
     `merge_lora=True` merges each weak size's LoRA into its own weight copy (no LoRA FLOPs).
     """
-    model = build_model(read_checkpoint(path, use_ema=use_ema))
+    model = build_model(read_checkpoint(path, use_ema=use_ema, allow_nonfinite=allow_nonfinite))
     if merge_lora and model.flex is not None and model.flex.mode == "lora":
         from flexcli.flex.layers import merge_loras
         merge_loras(model)
@@ -83,18 +85,19 @@ def validate_weak_patches(config, weak_patches: list[int]) -> list[int]:
 
 def flexify_checkpoint(src: str | Path, weak_patches: list[int], out: str | Path | None = None, *,
                        mode: str = "lora", lora_rank: int = 32, lora_alpha: float | None = None,
-                       use_ema: bool = True, force: bool = False) -> tuple[Path, FlexModel, Checkpoint]:
+                       use_ema: bool = True, force: bool = False,
+                       allow_nonfinite: bool = False) -> tuple[Path, FlexModel, Checkpoint]:
     """Read `src`, add the weak patch sizes and write one flexcli .safetensors file (atomically)."""
     from flexcli.io.atomic import check_output
 
     src = Path(src)
     if mode not in MODES:
         raise FlexcliError(f"unknown mode '{mode}'", f"use one of: {', '.join(MODES)}")
-    if lora_rank <= 0:
-        raise FlexcliError(f"LoRA rank {lora_rank} is not positive", "pass --lora-rank 32 (the paper's value)")
+    checks.lora(lora_rank, lora_alpha)
     out = Path(out) if out is not None else default_output(src)
-    check_output(out, force)
-    ckpt = read_checkpoint(src, use_ema=use_ema)
+    check_output(out, force, kind="file")
+    ckpt = read_checkpoint(src, use_ema=use_ema, allow_nonfinite=allow_nonfinite)
+    checks.lora(lora_rank, lora_alpha, checks.width_of(ckpt.config))
     if ckpt.flex:
         raise FlexcliError(f"{src} is already flexified (patch sizes {ckpt.flex['patch_sizes']})",
                            "pass the original (not flexified) checkpoint")
@@ -115,9 +118,9 @@ def added_parameter_names(model) -> set[str]:
     return names
 
 
-def describe(path: str | Path) -> dict:
+def describe(path: str | Path, allow_nonfinite: bool = False) -> dict:
     """Everything `flexcli info` prints: layout, config, patch sizes, parameter counts, cost per size."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, allow_nonfinite=allow_nonfinite)
     model = build_model(ckpt)
     added = added_parameter_names(model)
     params = dict(model.named_parameters())
@@ -139,14 +142,14 @@ def describe(path: str | Path) -> dict:
             "source": ckpt.metadata.get("source"), "flexcli_version": __version__}
 
 
-def export_loras(path: str | Path, out: str | Path, force: bool = False) -> list[Path]:
+def export_loras(path: str | Path, out: str | Path, force: bool = False, allow_nonfinite: bool = False) -> list[Path]:
     """Export the per-size LoRAs of a flexified checkpoint in peft's adapter layout (atomically)."""
     from flexcli.io.peft_export import export_peft_adapters
     from flexcli.io.atomic import atomic_dir, check_output
 
     out = Path(out)
-    check_output(out, force)
-    model = build_model(read_checkpoint(path))
+    check_output(out, force, kind="folder")
+    model = build_model(read_checkpoint(path, allow_nonfinite=allow_nonfinite))
     if model.flex is None or model.flex.mode != "lora":
         raise FlexcliError(f"{path} has no LoRAs (not flexified with --mode lora)",
                            "flexify it first: flexcli flexify CKPT --weak-patch 4")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from flexcli.api import describe, export_loras, flexify_checkpoint
-from flexcli.io.atomic import atomic_path
+from flexcli.io.atomic import atomic_path, writable_folder
 from flexcli.models.configs import named_config
 from flexcli.models.dit import DiT
 
@@ -32,6 +32,7 @@ def tiny_checkpoint(path: Path, name: str = "DiT-Tiny/2", seed: int = 0) -> Path
 
 def run_quickstart(out: Path, weak_patches=(4, 8), force: bool = False) -> dict[str, Path]:
     out = Path(out)
+    writable_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     base = out / "dit-tiny-2.safetensors"
     if force or not base.exists():

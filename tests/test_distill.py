@@ -178,7 +178,7 @@ def test_teacher_and_student_see_the_same_predropped_labels(tmp_path):
 
     # Run one step through the loop's own code path on this in-memory model.
     orig = loop._read_model
-    loop._read_model = lambda path: (read_checkpoint(ckpt), model, orig(path)[2])
+    loop._read_model = lambda path, *rest: (read_checkpoint(ckpt), model, orig(path)[2])
     try:
         distill(ckpt, tmp_path / "run", config=quick_config(latent_shard(tmp_path / "lat.npz"), steps=2,
                                                              label_dropout=0.5, ema_decay=0.0))

@@ -63,6 +63,8 @@ def distill(
     seed: Optional[int] = typer.Option(None, help="Seed of every random draw."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out folder."),
+    allow_changes: bool = typer.Option(False, "--allow-changes", help="With --resume: accept a changed seed, data, batch size or checkpoint (recorded in config.yaml)."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Use a checkpoint with NaN/inf weights (an error by default)."),
     stop_after: Optional[int] = typer.Option(None, help="Stop (with a checkpoint) after this step; --resume continues."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
@@ -82,7 +84,8 @@ def distill(
         bar, callback = _progress() if progress else (None, None)
         try:
             res = run_distill(checkpoint, out, recipe=recipe, overrides=overrides, resume=resume, force=force,
-                              stop_after=stop_after, callback=callback)
+                              stop_after=stop_after, callback=callback, allow_changes=allow_changes,
+                              allow_nonfinite=allow_nonfinite)
         finally:
             if bar is not None:
                 bar.stop()  # started by the first callback, so errors before training print one line only

@@ -18,13 +18,15 @@ def flexify(
     lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: the rank, i.e. LoRA scale 1)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="For train.py checkpoints: take the EMA weights."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Use a checkpoint with NaN/inf weights (an error by default)."),
 ) -> None:
     """Flexify a DiT: new tokenizers (PI-resize), patch-size embeddings and LoRAs for each weak patch size."""
     with user_errors():
         from flexcli.api import flexify_checkpoint
 
         path, model, ckpt = flexify_checkpoint(checkpoint, weak_patch, out, mode=mode, lora_rank=lora_rank,
-                                               lora_alpha=lora_alpha, use_ema=ema, force=force)
+                                               lora_alpha=lora_alpha, use_ema=ema, force=force,
+                                               allow_nonfinite=allow_nonfinite)
         cfg = ckpt.config
         err.print(f"read {ckpt.layout} layout: depth {cfg.depth}, width {cfg.hidden_size}, heads {cfg.num_heads}, "
                   f"patch {cfg.patch_size}, channels {cfg.in_channels}->{cfg.out_channels}, "

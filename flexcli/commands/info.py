@@ -12,12 +12,13 @@ from flexcli.console import result, user_errors
 def info(
     checkpoint: Path = typer.Argument(..., help="Any checkpoint flexcli reads (plain or flexified)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Use a checkpoint with NaN/inf weights (an error by default)."),
 ) -> None:
     """Print the layout, config, patch sizes, parameter counts and exact cost per patch size."""
     with user_errors():
         from flexcli.api import describe
 
-        d = describe(checkpoint)
+        d = describe(checkpoint, allow_nonfinite=allow_nonfinite)
         if as_json:
             result(json.dumps(d, indent=2))
             return

@@ -53,6 +53,7 @@ def sample(
     dtype: Optional[str] = typer.Option(None, help="float32, float64, bfloat16 or float16 (autocast) (default: float32)."),
     recipe: Optional[Path] = typer.Option(None, help="YAML recipe: defaults < recipe < flags."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Use a checkpoint with NaN/inf weights (an error by default)."),
 ) -> None:
     """Sample with a FlexiDiT: weak patch sizes for the first steps, weak guidance, optional packing."""
     with user_errors():
@@ -68,7 +69,7 @@ def sample(
                    prompt_embeds=str(prompt_embeds) if prompt_embeds else None, negative_prompt=negative_prompt,
                    schedule=schedule, compute=compute, weak_patch=weak_patch, order=order, packing=packing,
                    batch_size=batch_size, vae=str(vae) if vae else None, merge_lora=merge_lora, device=device, dtype=dtype,
-                   force=force)
+                   force=force, allow_nonfinite=allow_nonfinite or None)
         cfg = resolve_config(cli, recipe)
         total_steps = cfg.num_samples * cfg.steps
         with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),

@@ -101,6 +101,10 @@ def parse_schedule(spec: str, steps: int, powerful: int, weak: int | None) -> Pa
         w = weak if weak is not None else powerful
         return PatchSchedule(powerful_last(steps, counts[0], powerful, w),
                              powerful_last(steps, counts[1], powerful, w), text)
+    if not any(":" in p for p in parts):
+        numbers = [p for p in parts if re.fullmatch(r"\s*[-+]?\d*\.?\d+\s*", p) and not p.strip().isdigit()]
+        raise _bad(spec, f"{numbers[0].strip()} is not a count of powerful steps (a whole number from 0 to {steps})"
+                   if numbers else "it is neither x/y nor P:N segments")
     if any(":" not in p for p in parts):
         raise _bad(spec, "mixes the x/y and P:N forms")
     branches = [_segments(spec, p, steps) for p in parts]

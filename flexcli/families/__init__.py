@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flexcli import checks
 from flexcli.errors import FlexcliError
 from flexcli.families import dit
 from flexcli.families.base import Family, FamilyCost
@@ -47,11 +48,13 @@ def _peek(path: Path) -> tuple[set[str] | None, dict | None]:
     return None, None
 
 
-def read_checkpoint(path: str | Path, use_ema: bool = True) -> Checkpoint:
-    """Read a checkpoint of any known family and layout; one-line FlexcliError on bad input."""
-    path = Path(path)
-    if not path.exists():
-        raise FlexcliError(f"checkpoint {path} not found", "check the path")
+def read_checkpoint(path: str | Path, use_ema: bool = True, allow_nonfinite: bool = False) -> Checkpoint:
+    """Read a checkpoint of any known family and layout, checked (`flexcli.checks.checkpoint`: config and flex
+    metadata that fit, finite weights unless `allow_nonfinite`); one-line FlexcliError on bad input."""
+    return checks.checkpoint(_read(checks.input_path(Path(path)), use_ema), allow_nonfinite)
+
+
+def _read(path: Path, use_ema: bool) -> Checkpoint:
     if path.is_file() and sniff(path) == "safetensors":
         metadata = safetensors_metadata(path)
         if METADATA_KEY in metadata:

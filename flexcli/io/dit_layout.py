@@ -24,7 +24,7 @@ from flexcli.models.configs import DiTConfig, heads_for
 from flexcli.models.posembed import sincos_2d
 
 REQUIRED = ("x_embedder.proj.weight", "final_layer.linear.weight", "y_embedder.embedding_table.weight",
-            "t_embedder.mlp.0.weight", "blocks.0.attn.qkv.weight")
+            "t_embedder.mlp.0.weight", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight")
 
 
 def claims(keys: set[str], config_json: dict | None) -> bool:

@@ -11,7 +11,7 @@ import torch
 from flexcli.diffusion import schedule as G
 from flexcli.diffusion.samplers import SOLVERS
 from flexcli.diffusion.schedule import ORDERS
-from flexcli import config
+from flexcli import checks, config
 from flexcli.errors import FlexcliError
 
 PACKING = ("separate", "packed")
@@ -52,6 +52,7 @@ class SampleConfig:
     device: str = "auto"
     dtype: str = "float32"  # float32, float64 (model and solver state), bfloat16/float16 (CUDA autocast)
     force: bool = False
+    allow_nonfinite: bool = False  # use a checkpoint with NaN/inf weights
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -69,6 +70,7 @@ def validate(cfg: SampleConfig) -> None:
     def need(cond, problem, fix):
         if not cond:
             raise FlexcliError(problem, fix)
+    checks.finite_fields(cfg, lambda key: "--" + key.replace("_", "-"))
     need(isinstance(cfg.num_samples, int) and cfg.num_samples >= 1, f"--num-samples {cfg.num_samples} is not positive",
          "pass --num-samples 1 or more")
     need(isinstance(cfg.steps, int) and 1 <= cfg.steps <= 1000, f"--steps {cfg.steps} is not in 1..1000",
@@ -80,7 +82,8 @@ def validate(cfg: SampleConfig) -> None:
     need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, f"--batch-size {cfg.batch_size} is not positive",
          "pass --batch-size 1 or more")
     need(cfg.dtype in DTYPES, f"unknown dtype '{cfg.dtype}'", f"use one of: {', '.join(DTYPES)}")
-    need(cfg.eta >= 0, f"--eta {cfg.eta} is negative", "pass --eta 0 (deterministic DDIM) or more")
+    checks.number("--eta", cfg.eta, 0, fix="pass --eta 0 (deterministic DDIM) or more")
+    checks.sample_settings(cfg)
     if cfg.vae is not None and not Path(cfg.vae).exists():
         raise FlexcliError(f"--vae path {cfg.vae} not found", "pass a local diffusers AutoencoderKL folder "
                            "(e.g. a saved stabilityai/sd-vae-ft-ema); nothing is downloaded")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+from flexcli import checks
 from flexcli.compute import model_step_cost
 from flexcli.diffusion import schedule as G
 from flexcli.diffusion.process import GaussianDiffusion
@@ -36,6 +37,7 @@ class Plan:
 
 def make_plan(cfg: SampleConfig, model) -> Plan:
     """Resolve the schedule, conditioning, scales and per-step costs against a loaded model."""
+    checks.sample_plan(cfg, model)
     p0, sizes = model.patch_sizes[0], model.patch_sizes
     weak_sizes = sorted(p for p in sizes if p != p0)
     weak = cfg.weak_patch if cfg.weak_patch is not None else (weak_sizes[0] if weak_sizes else None)

@@ -37,7 +37,7 @@ def run(cfg: SampleConfig, progress: Progress | None = None, notes: Callable[[st
     notes = notes or (lambda s: None)
     rank, world, local = _dist()
     out = Path(cfg.out)
-    check_output(out, cfg.force)
+    check_output(out, cfg.force, kind="folder")
     device = _device(cfg, local)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -56,7 +56,7 @@ def _run(cfg: SampleConfig, out: Path, device, rank: int, world: int, progress, 
     from flexcli.api import load_model
     from flexcli.io.atomic import atomic_dir
 
-    model = load_model(cfg.checkpoint, merge_lora=cfg.merge_lora).to(device)
+    model = load_model(cfg.checkpoint, merge_lora=cfg.merge_lora, allow_nonfinite=cfg.allow_nonfinite).to(device)
     if cfg.dtype == "float64":
         model = model.double()
     plan = make_plan(cfg, model)

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flexcli import config
+from flexcli import checks, config
 from flexcli.errors import FlexcliError
 from flexcli.recipes import read_recipe
 
@@ -51,10 +51,12 @@ class DistillConfig:
     ema_warmup: bool = True  # decay_n = min(ema_decay, (1 + n) / (10 + n)): short runs do not lag
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     seed: int = 0
+    spike_factor: float = 10.0  # the NaN guard also stops at a loss above this x the running median (0 = off)
     # outputs
     ckpt_every: int = 500
     save_weights: str = "ema"
     recipe: str | None = None  # the recipe file this config came from (provenance only)
+    changes: list | None = None  # written by --resume: [{step, setting, from, to}], the step each took effect
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,6 +67,7 @@ def validate(cfg: DistillConfig, where: str = "config") -> DistillConfig:
         if not cond:
             raise FlexcliError(f"{where}: {problem}", fix)
 
+    checks.finite_fields(cfg, lambda key: f"{where}: {key}")
     need(cfg.mode in ("auto", "lora", "shared"), f"mode '{cfg.mode}' is unknown", "use auto, lora or shared")
     need(cfg.timesteps in TIMESTEP_SAMPLING, f"timesteps '{cfg.timesteps}' is unknown", "use uniform or low")
     need(cfg.precision in PRECISIONS, f"precision '{cfg.precision}' is unknown", "use auto, fp32 or bf16")
@@ -89,6 +92,11 @@ def validate(cfg: DistillConfig, where: str = "config") -> DistillConfig:
     need(cfg.mmd_respacing > cfg.mmd_weak_steps + cfg.mmd_powerful_steps,
          "mmd_respacing must exceed the bootstrap chain length", "raise mmd_respacing")
     need(cfg.eval_samples > 0, "eval_samples must be positive", "fix it")
+    checks.integer(f"{where}: data_limit", cfg.data_limit, 1,
+                   fix="leave data_limit out to use all the data, or give 1 or more")
+    checks.seed(f"{where}: seed", cfg.seed)
+    need(cfg.spike_factor == 0 or cfg.spike_factor > 1, "spike_factor must be above 1 (or 0 for no spike rule)",
+         "e.g. spike_factor: 10")
     return cfg
 
 

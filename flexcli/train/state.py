@@ -82,11 +82,12 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 def save_state(path: Path, *, step: int, params: dict, optimizer, ema: EMA | None, generator: torch.Generator,
-               data_order: dict, source_sha256: str, last_loss: float) -> Path:
+               data_order: dict, source_sha256: str, last_loss: float, extra: dict | None = None) -> Path:
+    """`extra`: more entries (distill: the data's description and the NaN guard's loss history)."""
     state = {"version": STATE_VERSION, "step": step, "params": {k: p.detach().cpu().clone() for k, p in params.items()},
              "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else None,
              "rng": rng_state(generator), "data_order": data_order, "source_sha256": source_sha256,
-             "last_loss": float(last_loss)}
+             "last_loss": float(last_loss), **(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return path

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +38,40 @@ class StepInfo:
     seconds: float = 0.0
 
 
+class Diverged(Exception):
+    """A step whose loss or gradient is not finite, or whose loss spiked; its update was not applied."""
+
+    def __init__(self, problem: str, step: int):
+        self.problem, self.step = problem, step
+        super().__init__(problem)
+
+
+class LossGuard:
+    """The NaN guard's rule (#17): a step fails when its loss or gradient norm is not finite, or when its loss
+    is above `factor` x the median of the last `window` good losses (once `warmup` of them are known;
+    factor 0 turns the spike rule off). A spike with a huge lr precedes the NaN by a few steps, and the
+    weights it came from are already damaged: stopping at the spike keeps a checkpoint worth resuming."""
+
+    def __init__(self, factor: float, history=(), window: int = 50, warmup: int = 5):
+        self.factor, self.warmup = factor, warmup
+        self.history = deque((float(v) for v in history), maxlen=window)
+
+    def problem(self, step: int, loss: float, grad_norm: float) -> str | None:
+        if not math.isfinite(loss):
+            return f"the loss became {loss} at step {step}"
+        if not math.isfinite(grad_norm):
+            return f"the gradient norm became {grad_norm} at step {step}"
+        if self.factor and len(self.history) >= self.warmup:
+            median = statistics.median(self.history)
+            if loss > self.factor * median:
+                return (f"the loss jumped to {loss:.4g} at step {step}, more than {self.factor:g}x the running "
+                        f"median {median:.4g} (spike_factor)")
+        return None
+
+    def accept(self, loss: float) -> None:
+        self.history.append(float(loss))
+
+
 class Trainer:
     """The trainable state of a run and its optimisation step (§3.2 distillation, or §3.1 fine-tuning)."""
 
@@ -49,6 +85,7 @@ class Trainer:
         self.ema = EMA(self.params, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.order = DataOrder(len(data), self.gen)
+        self.guard = LossGuard(cfg.spike_factor)
 
     def wrap(self) -> None:
         """Build what the steps need once the state is final (after a resume): DDP, autocast, processes."""
@@ -69,8 +106,8 @@ class Trainer:
         mc = self.model.config
         self.label_p = mc.class_dropout_prob if cfg.label_dropout is None else cfg.label_dropout
 
-    def step(self, step: int, on_failure) -> StepInfo:
-        """Optimisation step step + 1. `on_failure(what, value)` builds the error for a non-finite loss/gradient."""
+    def step(self, step: int) -> StepInfo:
+        """Optimisation step step + 1; `Diverged` (and no update) when the guard (`LossGuard`) says so."""
         cfg, dist, gen = self.cfg, self.dist, self.gen
         t0 = time.perf_counter()
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
@@ -93,9 +130,11 @@ class Trainer:
                 dist.all_sum(prm.grad).div_(dist.world)
         step_loss = float(dist.all_sum(total).item()) / dist.world  # each process holds world x its share
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.grad_clip or float("inf"))
-        if not math.isfinite(step_loss) or not torch.isfinite(grad_norm):
-            what = "loss" if not math.isfinite(step_loss) else "gradient norm"
-            raise on_failure(what, step_loss if what == "loss" else float(grad_norm))
+        problem = self.guard.problem(step + 1, step_loss, float(grad_norm))
+        if problem:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise Diverged(problem, step + 1)
+        self.guard.accept(step_loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
