@@ -7,6 +7,7 @@ the commands' library calls use them with one-line call sites.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 from pathlib import Path
@@ -211,7 +212,7 @@ def input_path(path: Path, what: str = "checkpoint") -> Path:
             except RuntimeError:
                 raise FlexcliError(f"{what} {path} is a symlink loop", "point it at a real file") from None
             except OSError as e:
-                if "loop" in str(e).lower() or getattr(e, "errno", None) == 40:
+                if e.errno == errno.ELOOP:
                     raise FlexcliError(f"{what} {path} is a symlink loop", "point it at a real file") from None
             raise FlexcliError(f"{what} {path} is a broken symlink (to {os.readlink(path)})", "check the path")
         raise FlexcliError(f"{what} {path} not found", "check the path")

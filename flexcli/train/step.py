@@ -52,7 +52,7 @@ class LossGuard:
     factor 0 turns the spike rule off). A spike with a huge lr precedes the NaN by a few steps, and the
     weights it came from are already damaged: stopping at the spike keeps a checkpoint worth resuming."""
 
-    def __init__(self, factor: float, history=(), window: int = 50, warmup: int = 5):
+    def __init__(self, factor: float, history=(), window: int = 50, warmup: int = 1):
         self.factor, self.warmup = factor, warmup
         self.history = deque((float(v) for v in history), maxlen=window)
 

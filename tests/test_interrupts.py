@@ -1,0 +1,176 @@
+"""Issue #17, interrupted runs and races, with real processes: SIGINT/SIGTERM end a run with one line, exit
+130/143 and no temporaries; a SIGKILL'd run's leftovers go with the next run over the same output; two
+processes writing one output give exactly one winner and one clear error."""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from distill_helpers import latent_shard, one_thread, tiny_flex
+from flexcli.cli import app
+from flexcli.io.atomic import atomic_path, remove_stale
+from flexcli.quickstart import tiny_checkpoint
+from flexcli.train.logs import read_losses
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    return {"plain": tiny_checkpoint(d / "dit.safetensors"), "flex": tiny_flex(d / "flex.safetensors"),
+            "lat": latent_shard(d / "lat.npz")}
+
+
+def _start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flexcli", *map(str, args)], env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited ({proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".flexcli-" in p.name)
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _long_sample(inputs, out: Path):
+    return _start("sample", inputs["flex"], "-o", out, "--steps", "1000", "-n", "4", "--batch-size", "1")
+
+
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig,code,words", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_signal_during_sample_leaves_nothing(inputs, tmp_path, sig, code, words):
+    proc = _long_sample(inputs, tmp_path / "out")
+    _wait_for(lambda: any(p.suffix == ".tmp" for p in tmp_path.iterdir()), proc, "sampling started")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and out == "", err
+    errors = [line for line in err.strip().splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and err.strip().endswith(errors[0]) and words in errors[0], err
+    assert "no output was written" in errors[0] and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_sigkilled_flexify_is_cleaned_by_the_next_run(inputs, tmp_path):
+    """Killed while writing its output (the model's full-size temporary is on disk): the next flexify over the
+    same output removes the temporary and the stale lock."""
+    out = tmp_path / "o.safetensors"
+    dying = ("import os, signal, sys, safetensors.torch as st\n"
+             "real = st.save_file\n"
+             "def save_file(*a, **k):\n    real(*a, **k)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+             "st.save_file = save_file\n"
+             "from flexcli.cli import app\n"
+             f"app(['flexify', {str(inputs['plain'])!r}, '-p', '4', '-o', {str(out)!r}])\n")
+    proc = subprocess.Popen([sys.executable, "-c", dying], env=ENV, text=True, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == -signal.SIGKILL, err
+    left = _temporaries(tmp_path)
+    tmp = [n for n in left if n.startswith(f".o.safetensors.flexcli-{proc.pid}-") and n.endswith(".tmp")]
+    assert len(tmp) == 1 and (tmp_path / tmp[0]).stat().st_size > 100_000 and ".o.safetensors.flexcli-lock" in left
+    assert not out.exists()
+    res = runner.invoke(app, ["flexify", str(inputs["plain"]), "-p", "4", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert os.listdir(tmp_path) == ["o.safetensors"]
+
+
+def test_sigkilled_sample_is_cleaned_by_the_next_run(inputs, tmp_path):
+    proc = _long_sample(inputs, tmp_path / "out")
+    _wait_for(lambda: any(p.suffix == ".tmp" for p in tmp_path.iterdir()), proc, "sampling started")
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert any(n.endswith(".tmp") and f"flexcli-{proc.pid}-" in n for n in _temporaries(tmp_path))
+    res = runner.invoke(app, ["sample", str(inputs["flex"]), "-o", str(tmp_path / "out"), "--steps", "2", "-n", "1"])
+    assert res.exit_code == 0, res.output
+    assert os.listdir(tmp_path) == ["out"] and "run.json" in os.listdir(tmp_path / "out")
+
+
+def test_concurrent_writers_one_winner(inputs, tmp_path):
+    """A second process writing the same output fails at once, naming the first; the first finishes."""
+    out = tmp_path / "out"
+    first = _start("sample", inputs["flex"], "-o", out, "--steps", "400", "-n", "2", "--batch-size", "1")
+    _wait_for(lambda: any(p.suffix == ".tmp" for p in tmp_path.iterdir()), first, "sampling started")
+    for extra in ([], ["--force"]):
+        res = runner.invoke(app, ["sample", str(inputs["flex"]), "-o", str(out), "--steps", "2", "-n", "1", *extra])
+        assert res.exit_code == 2, res.output
+        line = res.stderr.strip()
+        assert "\n" not in line and f"being written by another flexcli process (pid {first.pid})" in line, line
+    stdout, err = first.communicate(timeout=300)
+    assert first.returncode == 0 and stdout.strip() == str(out), err
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_two_flexify_races_exactly_one_winner(inputs, tmp_path):
+    out = tmp_path / "o.safetensors"
+    procs = [_start("flexify", inputs["plain"], "-p", "4", "-p", "8", "-o", out) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert sorted(r[0] for r in results) == [0, 2], results
+    loser = next(r for r in results if r[0] == 2)
+    assert loser[1] == "" and ("being written by another flexcli process" in loser[2] or "already exists" in loser[2])
+    assert len(loser[2].strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == ["o.safetensors"]
+
+
+# --------------------------------------------------------------------------------------------------
+def test_sigterm_during_distill_names_the_checkpoint_and_resume_works(inputs, tmp_path):
+    run = tmp_path / "run"
+    proc = _start("distill", inputs["flex"], "-o", run, "--data", inputs["lat"], "--steps", "100000",
+                  "--batch-size", "8", "--lr", "1e-3", "--ckpt-every", "3", "--no-progress")
+    _wait_for(lambda: (run / "state.pt").exists() and (run / "loss.csv").exists()
+              and len(read_losses(run / "loss.csv")) >= 4, proc, "the first checkpoint")
+    # A second writer of the same run folder fails at once.
+    res = runner.invoke(app, ["distill", str(inputs["flex"]), "-o", str(run), "--resume", "--no-progress"])
+    assert res.exit_code == 2 and f"being written by another flexcli process (pid {proc.pid})" in res.stderr
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 143 and len(lines) == 1 and "stopped by SIGTERM" in lines[0], err
+    step = int(torch.load(run / "state.pt", weights_only=True)["step"])
+    assert f"the last checkpoint is {run / 'state.pt'} (step {step}); continue with: " in lines[0]
+    assert _temporaries(run) == [] and _temporaries(tmp_path) == []
+    stale = run / f".loss.png.flexcli-{_dead_pid()}-abcdefgh.tmp"  # as a kill during the plot leaves it
+    stale.write_bytes(b"half a png")
+    command = shlex.split(lines[0].split("continue with: ")[1])
+    assert command[:2] == ["flexcli", "distill"] and "--resume" in command
+    res = runner.invoke(app, [*command[1:], "--steps", str(step + 2), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert not stale.exists() and _temporaries(run) == [] and _temporaries(tmp_path) == []
+    assert len(read_losses(run / "loss.csv")) == step + 2
+
+
+def test_stale_temporaries_go_and_live_ones_stay(tmp_path):
+    out = tmp_path / "x.bin"
+    dead = tmp_path / f".x.bin.flexcli-{_dead_pid()}-aaaaaaaa.tmp"
+    live = tmp_path / f".x.bin.flexcli-{os.getppid()}-bbbbbbbb.tmp"
+    other = tmp_path / f".y.bin.flexcli-{_dead_pid()}-cccccccc.tmp"
+    for p in (dead, live, other):
+        p.write_bytes(b"")
+    assert remove_stale(out) == [dead]
+    with atomic_path(out) as tmp:
+        assert f"flexcli-{os.getpid()}-" in tmp.name
+        tmp.write_bytes(b"done")
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, "x.bin"])
