@@ -58,35 +58,44 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def _long_sample(inputs, out: Path):
-    return _start("sample", inputs["flex"], "-o", out, "--steps", "1000", "-n", "4", "--batch-size", "1")
+def _patched_cli(patch: str, *args) -> subprocess.Popen:
+    """`flexcli ARGS` in a subprocess, with `patch` (Python) run first, e.g. to die at a chosen point."""
+    script = f"{patch}\nfrom flexcli.cli import app\napp({[str(a) for a in args]!r})\n"
+    return subprocess.Popen([sys.executable, "-c", script], env=ENV, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
 
 
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sig,code,words", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "SIGTERM")])
-def test_signal_during_sample_leaves_nothing(inputs, tmp_path, sig, code, words):
-    proc = _long_sample(inputs, tmp_path / "out")
-    _wait_for(lambda: any(p.suffix == ".tmp" for p in tmp_path.iterdir()), proc, "sampling started")
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == code and out == "", err
-    errors = [line for line in err.strip().splitlines() if line.startswith("error")]
-    assert len(errors) == 1 and err.strip().endswith(errors[0]) and words in errors[0], err
-    assert "no output was written" in errors[0] and "Traceback" not in err
-    assert os.listdir(tmp_path) == []
+@pytest.mark.parametrize("sig,code,words", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "stopped by SIGTERM")])
+@pytest.mark.parametrize("cmd", ["sample", "flexify"])
+def test_signal_while_writing_leaves_nothing(inputs, tmp_path, monkeypatch, cmd, sig, code, words):
+    """A real SIGINT / SIGTERM (sent to this process) while the output is being written: one line, exit
+    130 / 143, no output, no temporary, no lock."""
+    def signal_now(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the handler raises before this ends
+
+    if cmd == "sample":
+        monkeypatch.setattr("flexcli.sampling.sharding.finalize_folder", signal_now)
+        args = ["sample", inputs["flex"], "-o", tmp_path / "out", "--steps", "2", "-n", "1"]
+    else:
+        monkeypatch.setattr("safetensors.torch.save_file", signal_now)
+        args = ["flexify", inputs["plain"], "-p", "4", "-o", tmp_path / "o.safetensors"]
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == code and res.stdout == "", res.output
+    assert res.stderr.strip().splitlines()[-1] == f"error: {words}; no output was written"
+    assert "Traceback" not in res.output and os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the CLI's handler is gone again
 
 
 def test_sigkilled_flexify_is_cleaned_by_the_next_run(inputs, tmp_path):
     """Killed while writing its output (the model's full-size temporary is on disk): the next flexify over the
     same output removes the temporary and the stale lock."""
     out = tmp_path / "o.safetensors"
-    dying = ("import os, signal, sys, safetensors.torch as st\n"
-             "real = st.save_file\n"
-             "def save_file(*a, **k):\n    real(*a, **k)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-             "st.save_file = save_file\n"
-             "from flexcli.cli import app\n"
-             f"app(['flexify', {str(inputs['plain'])!r}, '-p', '4', '-o', {str(out)!r}])\n")
-    proc = subprocess.Popen([sys.executable, "-c", dying], env=ENV, text=True, stderr=subprocess.PIPE)
+    proc = _patched_cli("import os, signal, safetensors.torch as st\nreal = st.save_file\n"
+                        "def save_file(*a, **k):\n    real(*a, **k)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+                        "st.save_file = save_file", "flexify", inputs["plain"], "-p", "4", "-o", out)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == -signal.SIGKILL, err
     left = _temporaries(tmp_path)
@@ -99,40 +108,40 @@ def test_sigkilled_flexify_is_cleaned_by_the_next_run(inputs, tmp_path):
 
 
 def test_sigkilled_sample_is_cleaned_by_the_next_run(inputs, tmp_path):
-    proc = _long_sample(inputs, tmp_path / "out")
-    _wait_for(lambda: any(p.suffix == ".tmp" for p in tmp_path.iterdir()), proc, "sampling started")
-    proc.kill()
-    proc.communicate(timeout=60)
-    assert any(n.endswith(".tmp") and f"flexcli-{proc.pid}-" in n for n in _temporaries(tmp_path))
+    proc = _patched_cli("import os, signal\nimport flexcli.sampling.sharding as s\n"
+                        "s.finalize_folder = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)",
+                        "sample", inputs["flex"], "-o", tmp_path / "out", "--steps", "2", "-n", "2")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == -signal.SIGKILL, err
+    left = _temporaries(tmp_path)
+    assert f".out.flexcli-lock" in left and any(n.startswith(f".out.flexcli-{proc.pid}-") for n in left), left
     res = runner.invoke(app, ["sample", str(inputs["flex"]), "-o", str(tmp_path / "out"), "--steps", "2", "-n", "1"])
     assert res.exit_code == 0, res.output
     assert os.listdir(tmp_path) == ["out"] and "run.json" in os.listdir(tmp_path / "out")
 
 
 def test_concurrent_writers_one_winner(inputs, tmp_path):
-    """A second process writing the same output fails at once, naming the first; the first finishes."""
-    out = tmp_path / "out"
-    first = _start("sample", inputs["flex"], "-o", out, "--steps", "400", "-n", "2", "--batch-size", "1")
-    _wait_for(lambda: any(p.suffix == ".tmp" for p in tmp_path.iterdir()), first, "sampling started")
+    """Two flexify processes, one output: the one that comes second fails at once (with or without --force),
+    naming the first, which finishes. Exactly one winner, nothing lost silently."""
+    out, sync = tmp_path / "o.safetensors", tmp_path.parent / f"{tmp_path.name}-sync"
+    sync.mkdir()
+    first = _patched_cli(f"import os, time, safetensors.torch as st\nreal = st.save_file\n"
+                         f"def save_file(*a, **k):\n    open({str(sync / 'writing')!r}, 'w').close()\n"
+                         f"    while not os.path.exists({str(sync / 'go')!r}):\n        time.sleep(0.02)\n"
+                         f"    real(*a, **k)\nst.save_file = save_file",
+                         "flexify", inputs["plain"], "-p", "4", "-o", out)
+    _wait_for(lambda: (sync / "writing").exists(), first, "the first writer started writing")
     for extra in ([], ["--force"]):
-        res = runner.invoke(app, ["sample", str(inputs["flex"]), "-o", str(out), "--steps", "2", "-n", "1", *extra])
-        assert res.exit_code == 2, res.output
-        line = res.stderr.strip()
-        assert "\n" not in line and f"being written by another flexcli process (pid {first.pid})" in line, line
-    stdout, err = first.communicate(timeout=300)
+        res = runner.invoke(app, ["flexify", str(inputs["plain"]), "-p", "8", "-o", str(out), *extra])
+        assert res.exit_code == 2 and res.stdout == "", res.output
+        assert res.stderr.strip() == (f"error: output {out} is being written by another flexcli process (pid "
+                                      f"{first.pid}); wait for it to finish, or choose another -o")
+    (sync / "go").touch()
+    stdout, err = first.communicate(timeout=180)
     assert first.returncode == 0 and stdout.strip() == str(out), err
-    assert os.listdir(tmp_path) == ["out"]
-
-
-def test_two_flexify_races_exactly_one_winner(inputs, tmp_path):
-    out = tmp_path / "o.safetensors"
-    procs = [_start("flexify", inputs["plain"], "-p", "4", "-p", "8", "-o", out) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
-    assert sorted(r[0] for r in results) == [0, 2], results
-    loser = next(r for r in results if r[0] == 2)
-    assert loser[1] == "" and ("being written by another flexcli process" in loser[2] or "already exists" in loser[2])
-    assert len(loser[2].strip().splitlines()) == 1
     assert os.listdir(tmp_path) == ["o.safetensors"]
+    res = runner.invoke(app, ["info", str(out), "--json"])
+    assert '"patch_sizes": [\n    2,\n    4\n  ]' in res.stdout  # the first writer's output (-p 4), not -p 8
 
 
 # --------------------------------------------------------------------------------------------------
