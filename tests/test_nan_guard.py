@@ -58,7 +58,7 @@ def test_huge_lr_stops_resume_from_named_checkpoint_with_sane_lr(inputs, tmp_pat
     _run(inputs["flex"], "-o", run, "--data", inputs["lat"], "--steps", "10", "--batch-size", "8", "--lr", "1e-3",
          "--ckpt-every", "2", "--stop-after", "4")
     line = _run(inputs["flex"], "-o", run, "--resume", "--lr", "0.1", "--ckpt-every", "1", code=2)
-    assert "the loss jumped to" in line and "at step 6, more than 10x the running median" in line, line
+    assert "the loss jumped to" in line and "at step 6 and" in line and "more than 10x the running median" in line
     assert "the last good checkpoint (state.pt, step 4) is kept" in line and "--resume --lr 0.01" in line, line
     assert torch.load(run / "state.pt", weights_only=True)["step"] == 4  # rolled back from step 5
     assert read_checkpoint(run / "distilled.safetensors").metadata["training"]["steps"] == 4
@@ -74,21 +74,29 @@ def test_huge_lr_stops_resume_from_named_checkpoint_with_sane_lr(inputs, tmp_pat
 def test_huge_lr_before_any_checkpoint_advises_a_fresh_start_that_works(inputs, tmp_path):
     run = tmp_path / "run"
     line = _run(inputs["flex"], "-o", run, "--data", inputs["lat"], "--steps", "6", "--batch-size", "8",
-                "--lr", "0.1", "--ckpt-every", "2", code=2)
-    assert "at step 2" in line and "training stopped before any good checkpoint was written" in line, line
-    assert "--force --lr 0.01" in line and f"-r {run / 'config.yaml'}" in line
-    assert sorted(os.listdir(run)) == ["config.yaml", "loss.csv"]  # no damaged state or output
+                "--lr", "1", "--ckpt-every", "2", code=2)
+    assert "at step 2 and" in line and "training stopped before any good checkpoint was written" in line, line
+    assert "--force --lr 0.1" in line and f"-r {run / 'config.yaml'}" in line
+    assert sorted(os.listdir(run)) == ["config.yaml", "loss.csv", "loss.png"]  # no damaged state or output
     _run(*_suggested(line, "start over with a lower lr: "))
     assert torch.load(run / "state.pt", weights_only=True)["step"] == 6 and math.isfinite(_final_loss(run))
-    assert yaml.safe_load((run / "config.yaml").read_text())["lr"] == 0.01
+    assert yaml.safe_load((run / "config.yaml").read_text())["lr"] == 0.1
 
 
 def test_loss_guard_rule():
     g = LossGuard(10.0)
     assert g.problem(1, 0.3, 1.0) is None  # nothing to compare with yet
     g.accept(0.3)
-    assert g.problem(2, 2.9, 1.0) is None and "more than 10x" in g.problem(2, 3.1, 1.0)
-    assert "became nan" in g.problem(2, float("nan"), 1.0) and "gradient norm became inf" in g.problem(2, 0.3, math.inf)
+    assert g.problem(2, 3.1, 1.0) is None and g.pending == (2, 3.1, 0.3)  # a first spike: not yet
+    g.accept(3.1)
+    assert list(g.history) == [0.3]  # and not in the median
+    assert g.problem(3, 0.3, 1.0) is None and g.pending is None  # it was one odd batch
+    g.accept(0.3)
+    assert g.problem(4, 5.0, 1.0) is None
+    g.accept(5.0)
+    assert "at step 4 and 4 at step 5" in g.problem(5, 4.0, 1.0) and g.failed_step == 4
+    assert "became nan at step 6" in LossGuard(10.0).problem(6, float("nan"), 1.0)
+    assert "gradient norm became inf" in LossGuard(10.0).problem(6, 0.3, math.inf)
     assert LossGuard(0.0, [0.3]).problem(2, 1e9, 1.0) is None  # spike_factor 0: off
 
 

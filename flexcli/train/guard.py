@@ -3,10 +3,11 @@ the NaN guard, and the one-line messages that say exactly which checkpoint exist
 
 Checkpoints: `state.pt` is the latest (every `ckpt_every` steps, for an exact resume after a kill); when a new
 one is written, the previous one, confirmed by the healthy steps run on its weights since, becomes
-`last-good.pt` (a hard link: no copy). When the guard stops a run at step s (`flexcli.train.step.LossGuard`),
-the weights of a checkpoint written at step s - 1 by this process are suspect (they produced the bad loss),
-so the run rolls back to `last-good.pt`; with no good checkpoint the suspect files are removed and the advice
-is a fresh start with a lower lr.
+`last-good.pt` (a hard link: no copy) unless a loss spike is still unconfirmed. When the guard stops a run
+whose first bad step is s (`flexcli.train.step.LossGuard`), a checkpoint written by this process at step s - 1
+or later is suspect (its weights produced the bad loss, or came from it), so the run rolls back to
+`last-good.pt`; with no good checkpoint the suspect files are removed and the advice is a fresh start with a
+lower lr.
 """
 from __future__ import annotations
 

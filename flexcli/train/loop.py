@@ -279,7 +279,7 @@ def _checkpoint(job: _Job, trainer: Trainer, data, step: int, last_loss: float, 
     if not all(bool(torch.isfinite(p).all()) for p in trainer.params.values()):
         raise Diverged(f"the weights became non-finite at step {step}", step)
     if job.dist.main:
-        if saved.step is not None and step > saved.step:
+        if saved.step is not None and step > saved.step and trainer.guard.pending is None:
             guard.promote(job.out_dir)  # confirmed by the healthy steps run on its weights since
         save_state(job.out_dir / STATE_NAME, step=step, params=trainer.params, optimizer=trainer.optimizer,
                    ema=trainer.ema, generator=trainer.gen, data_order=trainer.order.state_dict(),

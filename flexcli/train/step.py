@@ -47,29 +47,39 @@ class Diverged(Exception):
 
 
 class LossGuard:
-    """The NaN guard's rule (#17): a step fails when its loss or gradient norm is not finite, or when its loss
-    is above `factor` x the median of the last `window` good losses (once `warmup` of them are known;
-    factor 0 turns the spike rule off). A spike with a huge lr precedes the NaN by a few steps, and the
-    weights it came from are already damaged: stopping at the spike keeps a checkpoint worth resuming."""
+    """The NaN guard's rule (#17): a step fails when its loss or gradient norm is not finite, or when the loss
+    spikes on two steps in a row: above `factor` x the median of the last `window` losses (once `warmup` are
+    known; factor 0 turns the spike rule off). A huge lr gives such spikes well before any NaN, and the
+    weights they come from are already damaged; one odd batch does not stop a run. `failed_step` is the first
+    bad step (the weights before it are the last trusted ones); `pending` the step of an unconfirmed spike."""
 
     def __init__(self, factor: float, history=(), window: int = 50, warmup: int = 1):
         self.factor, self.warmup = factor, warmup
         self.history = deque((float(v) for v in history), maxlen=window)
+        self.pending: tuple[int, float, float] | None = None  # (step, loss, median) of a first spike
+        self.failed_step: int | None = None
 
     def problem(self, step: int, loss: float, grad_norm: float) -> str | None:
-        if not math.isfinite(loss):
-            return f"the loss became {loss} at step {step}"
-        if not math.isfinite(grad_norm):
-            return f"the gradient norm became {grad_norm} at step {step}"
-        if self.factor and len(self.history) >= self.warmup:
-            median = statistics.median(self.history)
-            if loss > self.factor * median:
-                return (f"the loss jumped to {loss:.4g} at step {step}, more than {self.factor:g}x the running "
-                        f"median {median:.4g} (spike_factor)")
-        return None
+        if not math.isfinite(loss) or not math.isfinite(grad_norm):
+            self.failed_step = self.pending[0] if self.pending else step
+            what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient norm became {grad_norm}"
+            return f"{what} at step {step}"
+        median = statistics.median(self.history) if len(self.history) >= max(1, self.warmup) else None
+        if not self.factor or median is None or loss <= self.factor * median:
+            self.pending = None
+            return None
+        if self.pending is None:
+            self.pending = (step, loss, median)
+            return None
+        first, first_loss, first_median = self.pending
+        self.failed_step = first
+        return (f"the loss jumped to {first_loss:.4g} at step {first} and {loss:.4g} at step {step}, more than "
+                f"{self.factor:g}x the running median {first_median:.4g} (spike_factor)")
 
     def accept(self, loss: float) -> None:
-        self.history.append(float(loss))
+        """Record a step's loss; an unconfirmed spike stays out of the median."""
+        if self.pending is None:
+            self.history.append(float(loss))
 
 
 class Trainer:
@@ -133,7 +143,7 @@ class Trainer:
         problem = self.guard.problem(step + 1, step_loss, float(grad_norm))
         if problem:
             self.optimizer.zero_grad(set_to_none=True)
-            raise Diverged(problem, step + 1)
+            raise Diverged(problem, self.guard.failed_step)
         self.guard.accept(step_loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
