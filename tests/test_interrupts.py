@@ -114,7 +114,7 @@ def test_sigkilled_sample_is_cleaned_by_the_next_run(inputs, tmp_path):
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == -signal.SIGKILL, err
     left = _temporaries(tmp_path)
-    assert f".out.flexcli-lock" in left and any(n.startswith(f".out.flexcli-{proc.pid}-") for n in left), left
+    assert ".out.flexcli-lock" in left and any(n.startswith(f".out.flexcli-{proc.pid}-") for n in left), left
     res = runner.invoke(app, ["sample", str(inputs["flex"]), "-o", str(tmp_path / "out"), "--steps", "2", "-n", "1"])
     assert res.exit_code == 0, res.output
     assert os.listdir(tmp_path) == ["out"] and "run.json" in os.listdir(tmp_path / "out")
