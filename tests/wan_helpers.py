@@ -33,3 +33,19 @@ def wan_inputs(model, frames: int = 2, height: int = 4, width: int = 6, batch: i
 @torch.no_grad()
 def wan_forward(model, x, t, text):
     return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+
+def flex_wan(reference, text_len: int = 5):
+    """flexcli's Wan holding a diffusers model's tensors (strict load), frozen, in eval mode."""
+    from flexcli.models.wan import Wan
+    from flexcli.models.wan_config import WanConfig
+
+    model = Wan(WanConfig.from_dict({**dict(reference.config), "text_len": text_len}))
+    model.load_state_dict(reference.state_dict(), strict=True)
+    return model.requires_grad_(False).eval()
+
+
+def text_condition(text, mask=None):
+    from flexcli.flex.core import TextCondition
+
+    return TextCondition(text, torch.ones(text.shape[:2], dtype=torch.long) if mask is None else mask)

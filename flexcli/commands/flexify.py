@@ -1,4 +1,4 @@
-"""`flexcli flexify`: add weak patch sizes to a pretrained DiT checkpoint."""
+"""`flexcli flexify`: add weak patch sizes to a pretrained DiT or Wan checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,8 @@ from flexcli.console import err, result, user_errors
 
 
 def flexify(
-    checkpoint: Path = typer.Argument(..., help="DiT checkpoint: .pt/.safetensors (original layout) or a diffusers folder."),
-    weak_patch: list[int] = typer.Option(..., "--weak-patch", "-p", help="Weak patch size to add (repeatable: -p 4 -p 8)."),
+    checkpoint: Path = typer.Argument(..., help="DiT checkpoint (.pt/.safetensors, or a diffusers folder) or Wan 2.1 (release folder, diffusers transformer/ or pipeline folder)."),
+    weak_patch: list[str] = typer.Option(..., "--weak-patch", "-p", help="Weak patch size to add (repeatable): images -p 4 -p 8; video p_t,p_h,p_w: -p 2,2,2 -p 1,4,4."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .safetensors (default: <stem>-flex.safetensors beside the input)."),
     mode: str = typer.Option("lora", help="lora (frozen base, per-size LoRAs, §3.2) or shared (§3.1)."),
     lora_rank: int = typer.Option(32, help="LoRA rank for --mode lora."),
@@ -19,18 +19,24 @@ def flexify(
     ema: bool = typer.Option(True, "--ema/--no-ema", help="For train.py checkpoints: take the EMA weights."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
 ) -> None:
-    """Flexify a DiT: new tokenizers (PI-resize), patch-size embeddings and LoRAs for each weak patch size."""
+    """Flexify a DiT or a Wan 2.1 video model: new tokenizers (PI-resize), patch-size embeddings and LoRAs per weak size."""
     with user_errors():
         from flexcli.api import flexify_checkpoint
 
         path, model, ckpt = flexify_checkpoint(checkpoint, weak_patch, out, mode=mode, lora_rank=lora_rank,
                                                lora_alpha=lora_alpha, use_ema=ema, force=force)
-        cfg = ckpt.config
-        err.print(f"read {ckpt.layout} layout: depth {cfg.depth}, width {cfg.hidden_size}, heads {cfg.num_heads}, "
-                  f"patch {cfg.patch_size}, channels {cfg.in_channels}->{cfg.out_channels}, "
-                  f"learn_sigma {cfg.learn_sigma}, input {cfg.input_size}")
+        err.print(f"read {ckpt.layout} layout: {_summary(ckpt.config)}")
         guessed = {k: v for k, v in ckpt.inferred.items() if not v.startswith("tensors")}
         if guessed:
             err.print("not from tensors: " + ", ".join(f"{k} ({v})" for k, v in guessed.items()))
         err.print(f"mode {mode}: patch sizes {model.patch_sizes}")
         result(str(path))
+
+
+def _summary(cfg) -> str:
+    if hasattr(cfg, "learn_sigma"):  # DiT
+        return (f"depth {cfg.depth}, width {cfg.hidden_size}, heads {cfg.num_heads}, patch {cfg.patch_size}, "
+                f"channels {cfg.in_channels}->{cfg.out_channels}, learn_sigma {cfg.learn_sigma}, input {cfg.input_size}")
+    return (f"Wan, {cfg.num_layers} layers, width {cfg.hidden_size}, heads {cfg.num_heads}, patch "
+            f"{','.join(map(str, cfg.patch_size))}, channels {cfg.in_channels}->{cfg.out_channels}, "
+            f"text {cfg.text_dim}-d x {cfg.text_len} tokens, ffn {cfg.ffn_dim}")

@@ -14,6 +14,8 @@ class FamilyCost:
     attention: Callable[..., int]  # (cfg, tokens) -> self-attention MACs (Q K^T and A V) of all blocks
     io_dims: Callable[..., tuple]  # cfg -> (width D, in channels C, out channels per pixel)
     spatial: Callable[..., tuple]  # cfg -> the latent's default spatial shape
+    # (cfg, total tokens, segments) -> cross-attention MACs of a densely computed packed row (text families)
+    packed_cross: Callable[..., int] | None = None
 
 
 @dataclass(frozen=True)
