@@ -10,11 +10,11 @@ from flexcli.console import err, result, user_errors
 
 
 def profile(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Named config with random weights, e.g. DiT-XL/2 (default: DiT-XL/2)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Named config with random weights, e.g. DiT-XL/2 or Wan2.1-T2V-1.3B (default: DiT-XL/2)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Profile a checkpoint (its config and patch sizes); flex LoRAs unmerged and merged."),
     seq_lengths: Optional[str] = typer.Option(None, "--seq-lengths", help="Token counts, e.g. 1024,256,64: each must come from a patch size of the latent."),
-    patch_sizes: Optional[str] = typer.Option(None, "--patch-sizes", help="Patch sizes, e.g. 1,2,4 (default: the model's, and twice it)."),
-    latent: Optional[str] = typer.Option(None, "--latent", help="Latent size N or HxW (default: the config's)."),
+    patch_sizes: Optional[str] = typer.Option(None, "--patch-sizes", help="Patch sizes, e.g. 1,2,4; video 1x2x2,2x2x2,1x4x4 (default: the model's, and twice it)."),
+    latent: Optional[str] = typer.Option(None, "--latent", help="Latent size N or HxW; video FxHxW, e.g. 32x88x48 (default: the config's; Wan 21x60x104 = 480p, 81 frames)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Image size N or HxW; latent = image / 8."),
     fit_latent: bool = typer.Option(False, "--fit-latent", help="Size the latent per --seq-lengths entry (square, else the most square rectangle) at the model's patch size."),
     depth: Optional[int] = typer.Option(None, help="Override the named config's depth (e.g. 24 for the paper's T2I/T2V shape)."),
@@ -43,11 +43,11 @@ def profile(
         from flexcli.diffusion.schedule import parse_schedules
         from flexcli.profiling.profile import profile as run_profile
         from flexcli.profiling.report import summary_lines
-        from flexcli.profiling.spec import ProfileSpec, parse_int_list
+        from flexcli.profiling.spec import ProfileSpec, parse_int_list, parse_patch_list
 
         spec = ProfileSpec(
             model=model, checkpoint=checkpoint, seq_lengths=parse_int_list(seq_lengths, "--seq-lengths"),
-            patch_sizes=parse_int_list(patch_sizes, "--patch-sizes"), latent=latent, image_size=image_size,
+            patch_sizes=parse_patch_list(patch_sizes, "--patch-sizes"), latent=latent, image_size=image_size,
             fit_latent=fit_latent, depth=depth, width=width, heads=heads, batch=batch, dtype=dtype,
             compile=compile_, device=device, repeats=repeats, warmup=warmup, peak_tflops=peak_tflops,
             peak_bandwidth=peak_bandwidth, analytic=analytic, schedules=parse_schedules(schedules), steps=steps,
