@@ -23,11 +23,12 @@ def _labels(text: Optional[str]) -> Optional[list[int]]:
 
 
 def sample(
-    checkpoint: Path = typer.Argument(..., help="A DiT or flexified checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="A DiT, Wan or flexified checkpoint."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created atomically)."),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Number of samples (default: 8)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: 250)."),
-    solver: Optional[str] = typer.Option(None, help="ddpm (DiT's learned sigma), ddim or dpm++2m (default: ddpm)."),
+    solver: Optional[str] = typer.Option(None, help="ddpm (DiT's learned sigma), ddim or dpm++2m; flow-unipc or flow-euler for flow-matching models (Wan) (default: ddpm; Wan flow-unipc)."),
+    flow_shift: Optional[float] = typer.Option(None, help="Flow-matching time shift (default: 3.0 at 480p, 5.0 above, as diffusers' Wan)."),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (default: 0)."),
     cfg_scale: Optional[float] = typer.Option(None, help="Guidance scale s_cfg1; 1 disables guidance (default: 4.0)."),
     cfg_scale_weak: Optional[float] = typer.Option(None, help="Weak-guidance scale s_cfg2 (default: from (1 - s1) / (1 - s2) = 2.5)."),
@@ -43,24 +44,28 @@ def sample(
     seed: Optional[int] = typer.Option(None, help="Base seed: sample i uses seed+i (default: 0)."),
     schedule: Optional[str] = typer.Option(None, help="x/y (powerful for the last x cond / y guidance steps), or segments P:N,P:N (A/B: one list per branch)."),
     compute: Optional[float] = typer.Option(None, help="Target compute fraction: picks the x/x schedule that meets it."),
-    weak_patch: Optional[int] = typer.Option(None, help="Weak patch size for x/y and --compute (default: smallest weak size)."),
+    weak_patch: Optional[str] = typer.Option(None, help="Weak patch size for x/y and --compute, e.g. 4; video 2,2,2 (default: smallest weak size)."),
     order: Optional[str] = typer.Option(None, help="weak-first (paper) or weak-last (ablation) (default: weak-first)."),
     packing: Optional[str] = typer.Option(None, help="separate or packed (block-diagonal mask) for mixed steps (default: separate)."),
     batch_size: Optional[int] = typer.Option(None, help="Samples per forward batch per process (default: 16)."),
-    vae: Optional[Path] = typer.Option(None, help="Local diffusers AutoencoderKL folder; without it latents are saved."),
+    frames: Optional[int] = typer.Option(None, help="Video: frames, 4k+1; the latent has (frames-1)/4+1 (default: 81)."),
+    height: Optional[int] = typer.Option(None, help="Video: height in pixels, a multiple of 8 x every spatial patch used (default: 480)."),
+    width: Optional[int] = typer.Option(None, help="Video: width in pixels (default: 832)."),
+    vae: Optional[Path] = typer.Option(None, help="Local diffusers AutoencoderKL folder (video: AutoencoderKLWan); without it latents are saved."),
     merge_lora: Optional[bool] = typer.Option(None, "--merge-lora/--no-merge-lora", help="Merge LoRAs per size (default: no)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:1 (default: auto)."),
     dtype: Optional[str] = typer.Option(None, help="float32, float64, bfloat16 or float16 (autocast) (default: float32)."),
     recipe: Optional[Path] = typer.Option(None, help="YAML recipe: defaults < recipe < flags."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ) -> None:
-    """Sample with a FlexiDiT: weak patch sizes for the first steps, weak guidance, optional packing."""
+    """Sample with a FlexiDiT (images or video): weak patch sizes for the first steps, weak guidance, optional packing."""
     with user_errors():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from flexcli.sampling import resolve_config, run
 
         cli = dict(checkpoint=str(checkpoint), out=str(out), num_samples=num_samples, steps=steps, solver=solver,
+                   flow_shift=flow_shift, frames=frames, height=height, width=width,
                    eta=eta, cfg_scale=cfg_scale, cfg_scale_weak=cfg_scale_weak, guidance=guidance,
                    guided_channels=guided_channels, class_labels=_labels(class_labels), seed=seed,
                    prompts=prompt or None, prompts_file=str(prompts_file) if prompts_file else None,

@@ -6,7 +6,7 @@ dit-facts pitfall 4). The other channels are taken from the conditional branch, 
 
 Per step, with patch sizes p_cond and p_uncond:
 * p_cond == p_uncond: eps(null; p_u) + s1 (eps(c; p_c) - eps(null; p_u))   (standard CFG)
-* p_cond <  p_uncond, weak guidance: eps(c; p_u) + s2 (eps(c; p_c) - eps(c; p_u)): the guidance branch is the
+* p_cond <  p_uncond (fewer cells per token), weak guidance: eps(c; p_u) + s2 (eps(c; p_c) - eps(c; p_u)): the guidance branch is the
   WEAK model's CONDITIONAL prediction.
 * otherwise (plain CFG mode, or p_cond > p_uncond): standard CFG with s1 and the null label at p_u.
 """
@@ -23,9 +23,20 @@ def linked_weak_scale(s1: float, link: float = PAPER_LINK) -> float:
     return 1.0 - (1.0 - s1) / link
 
 
-def uses_weak_guidance(p_cond: int, p_uncond: int, mode: str = "weak") -> bool:
-    """Whether this step's guidance branch is the weak conditional prediction (label c instead of null)."""
-    return mode == "weak" and p_cond < p_uncond
+def patch_volume(p) -> int:
+    """Latent cells per token: p^2 for a square image patch p, the product of a video patch's axes."""
+    if isinstance(p, int):
+        return p * p
+    out = 1
+    for v in p:
+        out *= int(v)
+    return out
+
+
+def uses_weak_guidance(p_cond, p_uncond, mode: str = "weak") -> bool:
+    """Whether this step's guidance branch is the weak conditional prediction (label c instead of null): the
+    guidance branch runs at a larger patch (more cells per token) than the conditional one."""
+    return mode == "weak" and patch_volume(p_cond) < patch_volume(p_uncond)
 
 
 def step_scale(p_cond: int, p_uncond: int, s1: float, s2: float, mode: str = "weak") -> float:

@@ -5,7 +5,7 @@ Accepted forms (`parse_schedule`):
 * `x/y` (the paper's App. B.4 form): the conditional branch runs the LAST x steps at the powerful patch size,
   the guidance branch the last y steps; earlier steps run at the weak size. `x` alone means `x/x`.
 * segments `P:N,P:N,...`, in sampling order, e.g. `8:50,4:100,2:100` (50 steps at 8, then 100 at 4, then 100
-  at 2). The counts must add up to the number of steps. `A/B` with two segment lists gives the conditional
+  at 2); video sizes as `p_t x p_h x p_w`, e.g. `2x2x2:20,1x2x2:30`. The counts must add up to the number of steps. `A/B` with two segment lists gives the conditional
   and the guidance branch separately, e.g. `4:150,2:100/4:200,2:50`.
 * an explicit per-step list (from a recipe): `[4, 4, ..., 2]`, or `{cond: [...], uncond: [...]}`.
 Several schedules on one command line (`parse_schedules`) are separated by ',' or, when they hold segments, ';'.
@@ -60,15 +60,21 @@ def powerful_last(steps: int, n_powerful: int, powerful: int, weak: int) -> tupl
     return (weak,) * (steps - n_powerful) + (powerful,) * n_powerful
 
 
-def _segments(spec: str, part: str, steps: int) -> tuple[int, ...]:
-    out: list[int] = []
+def _size(text: str):
+    """"4" -> 4; video "1x4x4" -> (1, 4, 4)."""
+    axes = tuple(int(v) for v in text.split("x"))
+    return axes[0] if len(axes) == 1 else axes
+
+
+def _segments(spec: str, part: str, steps: int) -> tuple:
+    out: list = []
     for item in part.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", item)
+        m = re.fullmatch(r"\s*(\d+(?:x\d+)*)\s*:\s*(\d+)\s*", item)
         if not m:
             raise _bad(spec, f"'{item.strip()}' is not P:N")
-        p, n = int(m.group(1)), int(m.group(2))
-        if p < 1:
-            raise _bad(spec, f"patch size {p} is not positive")
+        p, n = _size(m.group(1)), int(m.group(2))
+        if min(p if isinstance(p, tuple) else (p,)) < 1:
+            raise _bad(spec, f"patch size {m.group(1)} is not positive")
         out += [p] * n
     if len(out) != steps:
         raise _bad(spec, f"the segments cover {len(out)} steps, not {steps}")
@@ -113,14 +119,23 @@ def from_list(value, steps: int) -> PatchSchedule:
         cond = uncond = value
     out = []
     for name, lst in (("cond", cond), ("uncond", uncond)):
-        if not isinstance(lst, (list, tuple)) or not all(isinstance(p, int) and p > 0 for p in lst):
+        if isinstance(lst, (list, tuple)):  # video sizes: [1, 4, 4] entries or "1x4x4" strings
+            lst = [tuple(p) if isinstance(p, (list, tuple)) else _size(p) if isinstance(p, str) and
+                   re.fullmatch(r"\d+(x\d+)+", p) else p for p in lst]
+        if not isinstance(lst, (list, tuple)) or not all(_positive(p) for p in lst):
             raise FlexcliError(f"schedule_steps ({name}) is not a list of positive patch sizes",
-                               "write e.g. schedule_steps: [4, 4, 2, 2]")
+                               "write e.g. schedule_steps: [4, 4, 2, 2] (video: [[1, 4, 4], [1, 2, 2]])")
         if len(lst) != steps:
             raise FlexcliError(f"schedule_steps ({name}) has {len(lst)} entries for {steps} steps",
                                "give one patch size per step")
         out.append(tuple(lst))
     return PatchSchedule(out[0], out[1], "explicit list")
+
+
+def _positive(p) -> bool:
+    if isinstance(p, tuple):
+        return len(p) > 1 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p)
+    return isinstance(p, int) and not isinstance(p, bool) and p > 0
 
 
 def parse_schedules(text: str | None) -> list[str] | None:

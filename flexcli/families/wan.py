@@ -61,4 +61,5 @@ COST = FamilyCost(
     spatial=lambda c: DEFAULT_LATENT,
     packed_cross=_cross)
 
-FAMILY = Family(name="wan", model=Wan, config=WanConfig, claims=claims, read=read, cost=COST, conditioning="text")
+FAMILY = Family(name="wan", model=Wan, config=WanConfig, claims=claims, read=read, cost=COST, conditioning="text",
+                process="flow")

@@ -189,6 +189,21 @@ class Wan(FlexModel):
     def out_channels(self) -> int:
         return self.config.out_channels
 
+    @property
+    def text_width(self) -> int:
+        """The umT5 embedding width the text projection takes (4096)."""
+        return self.config.text_dim
+
+    @property
+    def text_length(self) -> int:
+        """Tokens per prompt (512): the tokenizer pads to it, the cross-attention sees it."""
+        return self.config.text_len
+
+    text_preprocess = "none"  # prompts are encoded as written (Wan's pipelines do not lower-case them)
+
+    def learned_null_caption(self) -> None:
+        return None  # guidance contrasts with the encoded negative prompt ("" by default, as diffusers)
+
     def positions(self, patch: tuple, grid: tuple) -> None:
         return None  # rotary: the blocks place each run's tokens at their patch centres
 
