@@ -86,3 +86,21 @@ def prompt_embeds_file(path, text_dim: int = 16, seed: int = 2):
                             torch.tensor([[1, 1, 1, 0, 0, 0]]), [""])
     save_prompt_embeds(path, TextEncoding(embeds, mask, ["a cat", "a dog"], negative=negative))
     return path, embeds, negative.embeds
+
+
+def video_shard(path, n: int = 8, latent=(4, 4, 4), channels: int = 4, text_dim: int = 16, text_len: int = 6,
+                seed: int = 0, negative: bool = True):
+    """Video latents (N, C, F, H, W) with caption embeddings, masks and a null caption, as distill reads them."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, text_len + 1, (n,), generator=g)
+    mask = (torch.arange(text_len)[None] < lengths[:, None]).long()
+    tensors = {"latents": torch.randn(n, channels, *latent, generator=g),
+               "prompt_embeds": torch.randn(n, text_len, text_dim, generator=g) * mask[..., None],
+               "prompt_attention_mask": mask}
+    if negative:
+        tensors["negative_prompt_embeds"] = torch.randn(1, 3, text_dim, generator=g)
+        tensors["negative_prompt_attention_mask"] = torch.ones(1, 3, dtype=torch.long)
+    save_file(tensors, str(path))
+    return path

@@ -38,11 +38,19 @@ def _progress():
     return bar, callback
 
 
+def _patch(text: str):
+    """"4" -> 4, "2,2,2" -> [2, 2, 2] (as a recipe writes them); anything else is checked by the library."""
+    parts = text.replace("x", ",").split(",")
+    if all(p.strip().isdigit() for p in parts):
+        return int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
+    return text
+
+
 def distill(
     checkpoint: Path = typer.Argument(..., help="A flexified checkpoint (flexcli flexify)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: <stem>-distill beside the input)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Recipe YAML, e.g. recipes/distill/tiny_cpu.yaml."),
-    data: Optional[str] = typer.Option(None, help="fashion-mnist[:split], a latent shard (.safetensors/.npz) or a folder."),
+    data: Optional[str] = typer.Option(None, help="fashion-mnist[:split], a latent shard (.safetensors/.npz) or a folder; video: shards with latents + prompt_embeds."),
     vae: Optional[str] = typer.Option(None, help="Local diffusers AutoencoderKL folder, to encode an image folder."),
     eval_data: Optional[str] = typer.Option(None, help="Held-out data: weak-vs-powerful error before and after."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps in total."),
@@ -52,7 +60,7 @@ def distill(
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay (0 = off); warmed up by default."),
-    patch_size: Optional[list[int]] = typer.Option(None, "--patch-size", "-p", help="Patch size to train (repeatable)."),
+    patch_size: Optional[list[str]] = typer.Option(None, "--patch-size", "-p", help="Patch size to train (repeatable): 4; video 2,2,2."),
     timesteps: Optional[str] = typer.Option(None, help="Timestep sampling: uniform or low (biased to small t)."),
     sigma_weight: Optional[float] = typer.Option(None, help="LoRA mode: weight of the variance channels."),
     distill_weight: Optional[float] = typer.Option(None, help="Shared mode: weight of the distillation term."),
@@ -73,7 +81,8 @@ def distill(
     """
     overrides = dict(data=data, vae=vae, eval_data=eval_data, steps=steps, batch_size=batch_size,
                      grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
-                     ema_decay=ema_decay, patch_sizes=patch_size or None, timesteps=timesteps,
+                     ema_decay=ema_decay, patch_sizes=[_patch(p) for p in patch_size] if patch_size else None,
+                     timesteps=timesteps,
                      sigma_weight=sigma_weight, distill_weight=distill_weight, mmd_weight=mmd_weight,
                      data_limit=data_limit, ckpt_every=ckpt_every, precision=precision, seed=seed)
     with user_errors():

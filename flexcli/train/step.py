@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from flexcli.diffusion.process import GaussianDiffusion
+from flexcli.families import family_of
+from flexcli.train import flow
 from flexcli.train import objectives as obj
 from flexcli.train.config import DistillConfig
 from flexcli.train.state import EMA, DataOrder
@@ -30,7 +32,7 @@ class StepInfo:
     step: int  # steps done
     steps: int  # total steps of the run
     loss: float
-    patch_size: int
+    patch_size: object  # an int (images) or a (p_t, p_h, p_w) tuple (video)
     lr: float
     grad_norm: float
     seconds: float = 0.0
@@ -49,6 +51,7 @@ class Trainer:
         self.ema = EMA(self.params, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.order = DataOrder(len(data), self.gen)
+        self.flow = family_of(model).process == "flow"  # velocity models (Wan) train with flexcli.train.flow
 
     def wrap(self) -> None:
         """Build what the steps need once the state is final (after a resume): DDP, autocast, processes."""
@@ -66,8 +69,12 @@ class Trainer:
             self.autocast = torch.autocast(device.type, dtype=torch.bfloat16)
         else:
             self.autocast = contextlib.nullcontext()  # fp32 on the CPU by default: exact and reproducible
-        mc = self.model.config
-        self.label_p = mc.class_dropout_prob if cfg.label_dropout is None else cfg.label_dropout
+        if self.flow:  # captions drop to the null caption only where the data gives one
+            default = 0.1 if self.data.negative is not None else 0.0
+            self.label_p = default if cfg.label_dropout is None else cfg.label_dropout
+        else:
+            mc = self.model.config
+            self.label_p = mc.class_dropout_prob if cfg.label_dropout is None else cfg.label_dropout
 
     def step(self, step: int, on_failure) -> StepInfo:
         """Optimisation step step + 1. `on_failure(what, value)` builds the error for a non-finite loss/gradient."""
@@ -79,8 +86,13 @@ class Trainer:
         # One draw for the global batch, identical on every process.
         p = self.sizes[int(torch.randint(len(self.sizes), (), generator=gen))]
         idx = self.order.take(cfg.batch_size)
-        y_all = obj.drop_labels(self.data.labels[idx], self.label_p, self.model.config.num_classes, gen)
-        t_all = obj.sample_timesteps(cfg.batch_size, gen, cfg.timesteps, cfg.t_bias_power)
+        if self.flow:
+            y_all = flow.drop_captions(self.data.embeds[idx], self.data.mask[idx], self.data.negative,
+                                       self.label_p, gen)
+            t_all = flow.sample_sigmas(cfg.batch_size, gen, cfg.timesteps, cfg.t_bias_power, cfg.flow_shift)
+        else:
+            y_all = obj.drop_labels(self.data.labels[idx], self.label_p, self.model.config.num_classes, gen)
+            t_all = obj.sample_timesteps(cfg.batch_size, gen, cfg.timesteps, cfg.t_bias_power)
         noise_all = torch.randn((cfg.batch_size, *self.data.latents.shape[1:]), generator=gen)
         manual_sync = cfg.mmd_weight > 0 and dist.world > 1
         total = torch.zeros((), dtype=torch.float64, device=dist.device)
@@ -109,9 +121,11 @@ class Trainer:
         local = micro // dist.world
         lo = a * micro + dist.rank * local
         sl = slice(lo, lo + local)
-        x0, y = self.data.latents[idx[sl]].to(device), y_all[sl].to(device)
-        t, noise = t_all[sl].to(device), noise_all[sl].to(device)
-        x_t = self.diffusion.q_sample(x0, t, noise)
+        x0, t, noise = self.data.latents[idx[sl]].to(device), t_all[sl].to(device), noise_all[sl].to(device)
+        if self.flow:  # t: sigma, the model sees 1000 sigma
+            y, x_t, t = flow.condition(*y_all, sl, device), flow.noised(x0, t, noise), 1000 * t
+        else:
+            y, x_t = y_all[sl].to(device), self.diffusion.q_sample(x0, t, noise)
         c, base = model.config.in_channels, model.config.patch_size
         last = a == cfg.grad_accum - 1
         sync = contextlib.nullcontext() if (last and not manual_sync) or net is model else net.no_sync()
@@ -119,6 +133,9 @@ class Trainer:
             with self.autocast:
                 if self.mode == "lora":
                     terms = obj.lora_distill_loss(net, model, x_t, t, y, p, c, cfg.sigma_weight)
+                elif self.flow:
+                    terms = flow.flow_shared_loss(net, model, x0, x_t, t, noise, y, p, base, cfg.distill_weight,
+                                                  cfg.sigma_weight)
                 else:
                     terms = obj.shared_loss(net, model, self.diffusion, x0, x_t, t, noise, y, p, base,
                                             model.config.learn_sigma, cfg.distill_weight, cfg.sigma_weight)
