@@ -22,6 +22,7 @@ def flexify(
     """Flexify a DiT or a Wan 2.1 video model: new tokenizers (PI-resize), patch-size embeddings and LoRAs per weak size."""
     with user_errors():
         from flexcli.api import flexify_checkpoint
+        from flexcli.patches import label
 
         path, model, ckpt = flexify_checkpoint(checkpoint, weak_patch, out, mode=mode, lora_rank=lora_rank,
                                                lora_alpha=lora_alpha, use_ema=ema, force=force)
@@ -29,7 +30,7 @@ def flexify(
         guessed = {k: v for k, v in ckpt.inferred.items() if not v.startswith("tensors")}
         if guessed:
             err.print("not from tensors: " + ", ".join(f"{k} ({v})" for k, v in guessed.items()))
-        err.print(f"mode {mode}: patch sizes {model.patch_sizes}")
+        err.print(f"mode {mode}: patch sizes {', '.join(label(p) for p in model.patch_sizes)}")
         result(str(path))
 
 
