@@ -48,7 +48,7 @@ def flex_wan(reference, text_len: int = 5):
 
 
 def text_condition(text, mask=None):
-    from flexcli.flex.core import TextCondition
+    from flexcli.flex.conditions import TextCondition
 
     return TextCondition(text, torch.ones(text.shape[:2], dtype=torch.long) if mask is None else mask)
 

@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flexcli.flex.core import FlexModel, FlexSpec, TextCondition
+from flexcli.flex.conditions import TextCondition
+from flexcli.flex.core import FlexModel, FlexSpec
 from flexcli.flex.layers import LayerNorm, Linear
 from flexcli.flex.packing import Spans
 from flexcli.models.wan_config import WanConfig

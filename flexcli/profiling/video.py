@@ -52,7 +52,7 @@ class VideoShape:
 
     def example_inputs(self, cfg, batch: int, generator: torch.Generator, device, dtype):
         """Random latents, timesteps in (0, 1000] and a full-length random text, as a sampling step sees them."""
-        from flexcli.flex.core import TextCondition
+        from flexcli.flex.conditions import TextCondition
 
         x = torch.randn(batch, cfg.in_channels, *self.spatial, generator=generator).to(device, dtype)
         t = (torch.rand(batch, generator=generator) * 1000).to(device)

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from flexcli.diffusion import guidance as G
+from flexcli.diffusion import schedule as G
 from flexcli.diffusion.flow import run_flow_solver
 from flexcli.diffusion.samplers import make_generators, per_sample_noise, run_solver
 from flexcli.io.samples import decode, to_uint8

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 
 from flexcli.compute import model_step_cost
-from flexcli.diffusion import guidance as G
+from flexcli.diffusion import schedule as G
 from flexcli.diffusion.process import GaussianDiffusion
 from flexcli.diffusion.schedule import PatchSchedule, for_compute, from_list, parse_schedule
 from flexcli.errors import FlexcliError

@@ -43,7 +43,7 @@ def weak_vs_powerful_error(model, data: TensorData, patch_sizes: list[int] | Non
 
 @torch.no_grad()
 def _flow_error(model, data, patch_sizes, samples: int, seed: int, batch: int) -> dict:
-    from flexcli.flex.core import TextCondition
+    from flexcli.flex.conditions import TextCondition
     from flexcli.patches import label
     from flexcli.train.flow import noised
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from flexcli.diffusion.process import mean_flat
-from flexcli.flex.core import TextCondition
+from flexcli.flex.conditions import TextCondition
 
 
 def sample_sigmas(n: int, generator: torch.Generator, how: str = "uniform", power: float = 2.0,
