@@ -38,6 +38,11 @@ class Plan:
         return getattr(self.conditioning, "labels", None)
 
 
+def _names(sizes) -> str:
+    """[2, 4]; video [1x2x2, 2x2x2]."""
+    return "[" + ", ".join(label(p) for p in sizes) + "]"
+
+
 def _weak(cfg: SampleConfig, model):
     from flexcli.patches import parse_patch, volume
 
@@ -48,7 +53,7 @@ def _weak(cfg: SampleConfig, model):
     weak = parse_patch(cfg.weak_patch, len(model.base_patch))
     if weak not in sizes:
         raise FlexcliError(f"--weak-patch {label(weak)} is not a patch size of this checkpoint (it has "
-                           f"{', '.join(label(p) for p in sizes)})", "flexify with that size or pick one of its sizes")
+                           f"{_names(sizes)})", "flexify with that size or pick one of its sizes")
     return weak
 
 
@@ -81,7 +86,7 @@ def make_plan(cfg: SampleConfig, model) -> Plan:
     missing = sorted(used - set(sizes), key=str)
     if missing:
         raise FlexcliError(f"the schedule uses patch size {label(missing[0])} but the checkpoint has only "
-                           f"{', '.join(label(p) for p in sizes)}",
+                           f"{_names(sizes)}",
                            "flexify it with that size (flexcli flexify CKPT -p P) or change --schedule")
     if video:
         latent_shape_of(cfg, model, sorted(used, key=str))
