@@ -81,6 +81,6 @@ def read_checkpoint(path: str | Path, use_ema: bool = True) -> Checkpoint:
             return read_flexcli(path, metadata, tensors, family(name).config)
     keys, config_json = _peek(path)
     for f in FAMILIES.values():
-        if f.name != DEFAULT and keys is not None and f.claims(keys, config_json):
+        if f.name != DEFAULT and (keys is not None or config_json is not None) and f.claims(keys or set(), config_json):
             return f.read(path, use_ema=use_ema)
     return FAMILIES[DEFAULT].read(path, use_ema=use_ema)
