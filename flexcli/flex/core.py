@@ -191,6 +191,10 @@ class FlexModel(nn.Module):
     def head(self, h: torch.Tensor, conds: list, spans: Spans) -> torch.Tensor:
         raise NotImplementedError
 
+    # A text-conditional family (`cond` is a TextCondition) also gives the sampler `text_width` (the caption
+    # embedding width its projection takes), `text_length` (tokens per caption) and `learned_null_caption()`
+    # ((L, C) tensor, e.g. PixArt's y_embedding, or None: guidance then encodes a negative prompt).
+
     @staticmethod
     def cat_conditions(conds: list):
         """Stack per-sample conditionings along the batch: class labels (tensors) or `TextCondition`s."""

@@ -32,6 +32,13 @@ class SampleConfig:
     guidance: str = "weak"  # weak (paper §3.4) or cfg
     guided_channels: int | None = None  # None: all eps channels; 3: DiT's released-FID variant
     class_labels: list[int] | None = None  # cycled over samples; None: drawn from the seed
+    # text-conditional families (PixArt, Wan): prompts cycled over samples, and where their embeddings come from
+    prompts: list[str] | None = None  # --prompt (repeatable)
+    prompts_file: str | None = None  # one prompt per line
+    text_encoder: str | None = None  # a local encoder folder (T5/umT5), or "minilm" (the packaged all-MiniLM-L6-v2)
+    pipeline: str | None = None  # a local diffusers pipeline folder: its text_encoder/ and tokenizer/ (and vae/)
+    prompt_embeds: str | None = None  # precomputed embeddings (flexcli.text prompt-embeds file)
+    negative_prompt: str = ""  # the null caption of checkpoints without a learned one (diffusers' default "")
     seed: int = 0
     schedule: str | None = None  # x/y, x, P:N,... (see flexcli.diffusion.schedule)
     schedule_steps: Any = None  # explicit per-step list (recipes)
@@ -79,3 +86,10 @@ def validate(cfg: SampleConfig) -> None:
                            "(e.g. a saved stabilityai/sd-vae-ft-ema); nothing is downloaded")
     if cfg.class_labels is not None:
         need(len(cfg.class_labels) > 0, "--class-labels is empty", "pass e.g. --class-labels 207,360")
+    for flag, path in (("--prompts-file", cfg.prompts_file), ("--prompt-embeds", cfg.prompt_embeds),
+                       ("--pipeline", cfg.pipeline)):
+        need(path is None or Path(path).exists(), f"{flag} {path} not found", f"check the {flag} path")
+    need(cfg.text_encoder in (None, "minilm") or Path(cfg.text_encoder).exists(),
+         f"--text-encoder {cfg.text_encoder} not found", "pass a local encoder folder, or --text-encoder minilm")
+    need(cfg.prompts is None or cfg.prompts_file is None, "--prompt and --prompts-file are both given",
+         "give the prompts one way")

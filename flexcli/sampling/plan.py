@@ -12,7 +12,7 @@ from flexcli.diffusion.samplers import solver_timesteps
 from flexcli.diffusion.schedule import PatchSchedule, for_compute, from_list, parse_schedule
 from flexcli.errors import FlexcliError
 from flexcli.flex.resize import as_patch
-from flexcli.sampling.conditions import ClassLabels, class_labels
+from flexcli.sampling.conditions import ClassLabels, Prompts, class_labels, text_prompts
 from flexcli.sampling.config import SampleConfig
 
 @dataclass
@@ -20,7 +20,7 @@ class Plan:
     schedule: PatchSchedule
     timesteps: list[int]
     diffusion: GaussianDiffusion
-    conditioning: ClassLabels  # per sample, with its null conditioning
+    conditioning: ClassLabels | Prompts  # per sample, with its null conditioning
     latent_shape: tuple[int, ...]  # (C, *spatial) of one sample
     guided: bool
     s1: float
@@ -43,7 +43,7 @@ def make_plan(cfg: SampleConfig, model) -> Plan:
         raise FlexcliError(f"--weak-patch {weak} is not a patch size of this checkpoint (it has {sizes})",
                            "flexify with that size or pick one of its sizes")
     guided = cfg.cfg_scale != 1.0
-    conditioning = class_labels(model, cfg.num_samples, cfg.class_labels, cfg.seed, guided)
+    conditioning = conditions_of(model, cfg, guided)
     step_cost = model_step_cost(model, cfg.packing)
     if cfg.compute is not None:
         schedule = for_compute(cfg.compute, cfg.steps, step_cost, p0, weak, guided)
@@ -71,3 +71,16 @@ def make_plan(cfg: SampleConfig, model) -> Plan:
     base = step_cost(p0, p0 if guided else None)
     return Plan(schedule, timesteps, GaussianDiffusion.from_timesteps(timesteps), conditioning, latent, guided,
                 cfg.cfg_scale, s2, step_macs, base)
+
+
+def conditions_of(model, cfg: SampleConfig, guided: bool) -> ClassLabels | Prompts:
+    """Class labels for class-conditional families, prompts for text-conditional ones."""
+    from flexcli.families import family_of
+
+    if family_of(model).conditioning == "text":
+        return text_prompts(model, cfg, guided)
+    given = [n for n, v in (("--prompt", cfg.prompts), ("--prompts-file", cfg.prompts_file),
+                            ("--prompt-embeds", cfg.prompt_embeds), ("--text-encoder", cfg.text_encoder)) if v]
+    if given:
+        raise FlexcliError(f"{given[0]} given to a class-conditional checkpoint", "pass --class-labels instead")
+    return class_labels(model, cfg.num_samples, cfg.class_labels, cfg.seed, guided)
