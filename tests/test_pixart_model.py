@@ -77,16 +77,15 @@ def test_parity_from_the_original_layout_round_trip(tmp_path):
     assert (out - orig).abs().max() < TOL
 
 
-def test_null_caption_uses_the_prompts_mask():
+def test_learned_null_caption_and_caption_dropout():
     model = random_pixart(dataclasses.replace(named_pixart_config("PixArt-Tiny/2"), null_caption=True))
+    assert torch.equal(model.learned_null_caption(), model.y_embedding) and model.text_length == 16
+    assert "y_embedding" in model.state_dict() and not model.y_embedding.requires_grad
     mask = torch.tensor([[1, 1, 0, 0] + [0] * 12, [1] * 16])
-    null = model.null_caption(mask)
-    assert torch.equal(null.mask, mask) and torch.equal(null.embeds[1], model.y_embedding)
-    short = model.null_caption(mask[:, :2])
-    assert short.mask.shape == (2, 16) and short.mask[:, 2:].sum() == 0
     dropped = model.drop_captions(TextCondition(torch.randn(2, 16, 384), mask), torch.tensor([True, False]))
     assert torch.equal(dropped.embeds[0], model.y_embedding) and dropped.mask[0].sum() == 16
-    assert random_pixart(named_pixart_config("PixArt-Tiny/2")).null_caption(mask) is None
+    assert torch.equal(dropped.mask[1], mask[1])
+    assert random_pixart(named_pixart_config("PixArt-Tiny/2")).learned_null_caption() is None
 
 
 def test_sincos_positions_at_patch_centres():

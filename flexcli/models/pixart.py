@@ -183,17 +183,14 @@ class PixArt(FlexModel):
                                    torch.cat([c.aspect_ratio for c in conds]))
         return out
 
-    def null_caption(self, mask: torch.Tensor) -> TextCondition | None:
-        """The learned null caption for a batch of prompts with key mask `mask` (N, L), masked with the prompt's
-        own mask as PixArt's original inference does (cut or zero-padded to y_embedding's length, its first
-        token always kept); None when the checkpoint has no y_embedding (encode the negative prompt instead)."""
-        if self.y_embedding is None:
-            return None
-        n, length = mask.shape[0], self.y_embedding.shape[0]
-        m = torch.zeros(n, length, dtype=mask.dtype, device=mask.device)
-        m[:, :min(length, mask.shape[1])] = mask[:, :length]
-        m[:, 0] = 1
-        return TextCondition(self.y_embedding[None].expand(n, -1, -1), m)
+    @property
+    def text_length(self) -> int:
+        """Caption tokens per prompt (the text encoder's max_length; PixArt-alpha's T5: 120)."""
+        return self.config.model_max_length
+
+    def learned_null_caption(self) -> torch.Tensor | None:
+        """The learned null caption (L, caption_channels) (`y_embedding`), or None (diffusers layouts)."""
+        return self.y_embedding
 
     def drop_captions(self, cond: TextCondition, drop: torch.Tensor) -> TextCondition:
         """PixArt's training-time caption dropout: rows where `drop` (N,) is True get the learned null caption
