@@ -192,19 +192,6 @@ class PixArt(FlexModel):
         """The learned null caption (L, caption_channels) (`y_embedding`), or None (diffusers layouts)."""
         return self.y_embedding
 
-    def drop_captions(self, cond: TextCondition, drop: torch.Tensor) -> TextCondition:
-        """PixArt's training-time caption dropout: rows where `drop` (N,) is True get the learned null caption
-        (with all its tokens kept, as PixArt trains); needs y_embedding."""
-        if self.y_embedding is None:
-            raise ValueError("this checkpoint has no learned null caption (y_embedding): drop captions by encoding ''")
-        null = self.y_embedding[None].to(cond.embeds).expand(len(cond), -1, -1)
-        if null.shape[1] != cond.embeds.shape[1]:
-            raise ValueError(f"y_embedding has {null.shape[1]} tokens, the captions {cond.embeds.shape[1]}")
-        keep = ~drop.to(torch.bool)
-        embeds = torch.where(keep[:, None, None], cond.embeds, null)
-        mask = torch.where(keep[:, None], cond.mask, torch.ones_like(cond.mask))
-        return TextCondition(embeds, mask)
-
 
 def random_pixart(cfg: PixArtConfig, seed: int = 0, std: float = 0.05) -> PixArt:
     """A PixArt with every weight random (normal, `std`), for tests and profiling."""
