@@ -102,3 +102,29 @@ def test_emu_shape_figures(tmp_path):
     assert round(p2.gmacs, 2) == 7496.12 and round(p4.gmacs, 2) == 1584.37
     assert p2.breakdown["cross_attention"] == 24 * 2 * 4096 * 120 * 2048
     assert round(forward_cost(named_pixart_config("PixArt-XL/2"), 2).gmacs, 2) == 149.05
+
+
+def test_pixart_recipes_carry_the_papers_settings():
+    """recipes/*/pixart_xl2_256_*.yaml: Table 5 for the LoRA distillation; PixArt's solvers, step counts and CFG 4.5,
+    and the compute percentage each name states (the exact FLOPs model, LoRAs merged)."""
+    import re
+    from pathlib import Path
+
+    from flexcli.compute import step_cost_fn
+    from flexcli.diffusion.schedule import compute_fraction, parse_schedule
+    from flexcli.sampling import resolve_config
+    from flexcli.train.config import resolve
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    d = resolve(root / "distill" / "pixart_xl2_256_lora.yaml")
+    assert (d.lr, d.weight_decay, d.grad_clip, d.batch_size, d.ema_decay, d.mode) == (8e-4, 1e-2, 0.02, 512, 0.9999, "lora")
+    cost = step_cost_fn(named_pixart_config("PixArt-XL/2"))
+    samples = sorted((root / "sample").glob("pixart_xl2_256_*.yaml"))
+    assert len(samples) == 4
+    for path in samples:
+        cfg = resolve_config({"checkpoint": "c", "out": "o"}, path)
+        assert (cfg.solver, cfg.steps) in {("iddpm", 100), ("dpm-solver", 20), ("sa-solver", 25)}
+        frac = compute_fraction(parse_schedule(cfg.schedule, cfg.steps, 2, 4), cost, 2)
+        m = re.search(r"(\d+)pct", path.name)
+        assert round(100 * frac) == (int(m.group(1)) if m else 100), path.name
+        assert cfg.cfg_scale == (5.0 if "58pct" in path.name else 4.5)
