@@ -6,7 +6,8 @@ from pathlib import Path
 from flexcli.compute import model_cost
 from flexcli.errors import FlexcliError
 from flexcli.families import family, read_checkpoint
-from flexcli.flex.core import MODES, FlexModel, added_parameter_names, flexify_model
+from flexcli.flex.core import MODES, FlexModel, flexify_model
+from flexcli.flex.layers import SizeLayerNorm
 from flexcli.io.checkpoint import Checkpoint, file_sha256, save_checkpoint
 from flexcli.version import __version__
 
@@ -116,6 +117,15 @@ def flexify_checkpoint(src: str | Path, weak_patches: list[int], out: str | Path
     return out, model, ckpt
 
 
+def added_parameter_names(model) -> set[str]:
+    """Names of the parameters flexify added (tokenizers, size embeddings, LoRAs, norm affines)."""
+    names = {n for n, _ in model.named_parameters() if n.startswith("flex.") or ".lora_" in n}
+    for mname, module in model.named_modules():
+        if isinstance(module, SizeLayerNorm):
+            names |= {f"{mname}.{n}" for n, _ in module.named_parameters()}
+    return names
+
+
 def describe(path: str | Path) -> dict:
     """Everything `flexcli info` prints: layout, config, patch sizes, parameter counts, cost per size."""
     ckpt = read_checkpoint(path)
@@ -152,7 +162,7 @@ def text_info(model) -> dict | None:
 
 def export_loras(path: str | Path, out: str | Path, force: bool = False) -> list[Path]:
     """Export the per-size LoRAs of a flexified checkpoint in peft's adapter layout (atomically)."""
-    from flexcli.flex.layers import export_peft_adapters
+    from flexcli.io.peft_export import export_peft_adapters
     from flexcli.io.atomic import atomic_dir, check_output
 
     out = Path(out)

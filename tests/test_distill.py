@@ -17,7 +17,8 @@ from flexcli.api import load_model
 from flexcli.data import load_training_data
 from flexcli.diffusion.process import GaussianDiffusion
 from flexcli.errors import FlexcliError
-from flexcli.flex.core import added_parameter_names, flexify_model
+from flexcli.api import added_parameter_names
+from flexcli.flex.core import flexify_model
 from flexcli.families import read_checkpoint
 from flexcli.io.checkpoint import save_checkpoint
 from flexcli.models.configs import DiTConfig

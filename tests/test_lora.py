@@ -3,7 +3,8 @@ import torch
 
 from conftest import inputs, random_dit
 from flexcli.flex.core import flexify_model
-from flexcli.flex.layers import export_peft_adapters, lora_layers, merge_loras
+from flexcli.flex.layers import lora_layers, merge_loras
+from flexcli.io.peft_export import export_peft_adapters
 
 
 def _trained(model, seed=5):

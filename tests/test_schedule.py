@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from flexcli.diffusion import guidance as G
+from flexcli.diffusion import schedule as G
 from flexcli.diffusion.schedule import compute_fraction, for_compute, from_list, parse_schedule
 from flexcli.errors import FlexcliError
 from flexcli.models.configs import named_config

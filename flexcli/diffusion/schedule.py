@@ -1,24 +1,30 @@
-"""Patch schedules (paper §3.3): the patch size of every sampling step, for the conditional and the guidance
-(unconditional) branch separately. Step 0 is the noisiest step.
+"""Patch schedules (paper §3.3) and guidance (§3.4, App. B.4): the patch size of every sampling step, for the
+conditional and the guidance (unconditional) branch separately (step 0 is the noisiest), and how the two
+branches' outputs are combined. Nothing here knows models: step costs come in as callables.
 
-Accepted forms (`parse_schedule`):
-* `x/y` (the paper's App. B.4 form): the conditional branch runs the LAST x steps at the powerful patch size,
-  the guidance branch the last y steps; earlier steps run at the weak size. `x` alone means `x/x`.
-* segments `P:N,P:N,...`, in sampling order, e.g. `8:50,4:100,2:100` (50 steps at 8, then 100 at 4, then 100
-  at 2). The counts must add up to the number of steps. `A/B` with two segment lists gives the conditional
-  and the guidance branch separately, e.g. `4:150,2:100/4:200,2:50`.
-* an explicit per-step list (from a recipe): `[4, 4, ..., 2]`, or `{cond: [...], uncond: [...]}`.
+Schedules (`parse_schedule`):
+* `x/y` (App. B.4): the conditional branch runs its LAST x steps at the powerful patch size, the guidance branch
+  its last y; earlier steps run at the weak size. `x` alone means `x/x`.
+* segments `P:N,P:N,...` in sampling order, e.g. `8:50,4:100,2:100`; `A/B` gives the branches separately.
+* an explicit per-step list (recipes): `[4, 4, ..., 2]`, or `{cond: [...], uncond: [...]}`.
 Several schedules on one command line (`parse_schedules`) are separated by ',' or, when they hold segments, ';'.
-`--compute F` picks the `x/x` schedule whose compute fraction is the largest one not above F (`for_compute`).
-`weak-last` ordering (the paper's Fig. 19 ablation) reverses each branch: powerful first, weak last.
+`--compute F` picks the `x/x` schedule with the largest compute fraction not above F (`for_compute`);
+`weak-last` (the Fig. 19 ablation) reverses each branch.
 
-This module knows nothing about models: costs come in as callables.
+Guidance, per step with patch sizes p_cond and p_uncond, on the first `guided_channels` eps channels (all by
+default; 3 reproduces DiT's released FIDs); the other channels come from the conditional branch:
+* p_cond == p_uncond: eps(null; p_u) + s1 (eps(c; p_c) - eps(null; p_u))   (standard CFG)
+* p_cond <  p_uncond, weak guidance: eps(c; p_u) + s2 (eps(c; p_c) - eps(c; p_u)): the guidance branch is the
+  WEAK model's CONDITIONAL prediction.
+* otherwise (plain CFG mode, or p_cond > p_uncond): standard CFG with s1 and the null conditioning at p_u.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 from flexcli.errors import FlexcliError
 
@@ -177,3 +183,30 @@ def for_compute(target: float, steps: int, step_cost: StepCost, powerful: int, w
         raise FlexcliError(f"compute target {target} is below the all-weak cost ({floor:.4f} at patch size {weak})",
                            f"pass --compute {floor:.4f} or more")
     return PatchSchedule(best.cond, best.uncond, f"{best.spec} (from --compute {target})")
+
+
+# ---------------------------------------------------------------------------------------------------------
+GUIDANCE_MODES = ("weak", "cfg")
+PAPER_LINK = 2.5  # (1 - s1) / (1 - s2), App. B.4
+
+
+def linked_weak_scale(s1: float, link: float = PAPER_LINK) -> float:
+    """s2 from (1 - s1) / (1 - s2) = link."""
+    return 1.0 - (1.0 - s1) / link
+
+
+def uses_weak_guidance(p_cond: int, p_uncond: int, mode: str = "weak") -> bool:
+    """Whether this step's guidance branch is the weak conditional prediction (label c instead of null)."""
+    return mode == "weak" and p_cond < p_uncond
+
+
+def step_scale(p_cond: int, p_uncond: int, s1: float, s2: float, mode: str = "weak") -> float:
+    return s2 if uses_weak_guidance(p_cond, p_uncond, mode) else s1
+
+
+def combine(cond: torch.Tensor, guide: torch.Tensor, scale: float, eps_channels: int,
+            guided_channels: int | None = None) -> torch.Tensor:
+    """guide + scale (cond - guide) on the first `guided_channels` eps channels; the rest from `cond`."""
+    n = guided_channels or eps_channels
+    g = guide[:, :n] + scale * (cond[:, :n] - guide[:, :n])
+    return torch.cat([g, cond[:, n:]], dim=1)

@@ -33,28 +33,6 @@ _CONV = {2: F.conv2d, 3: F.conv3d}
 
 
 @dataclass(frozen=True)
-class TextCondition:
-    """Text conditioning of a batch: token embeddings (N, L, C) and their key mask (N, L), 1 = keep, 0 = padding."""
-
-    embeds: torch.Tensor
-    mask: torch.Tensor
-
-    @staticmethod
-    def cat(conds: list["TextCondition"]) -> "TextCondition":
-        """Stack along the batch (padding the token axis to the longest)."""
-        L = max(c.embeds.shape[1] for c in conds)
-        pad = [(F.pad(c.embeds, (0, 0, 0, L - c.embeds.shape[1])), F.pad(c.mask, (0, L - c.mask.shape[1])))
-               for c in conds]
-        return TextCondition(torch.cat([e for e, _ in pad]), torch.cat([m for _, m in pad]))
-
-    def to(self, device) -> "TextCondition":
-        return TextCondition(self.embeds.to(device), self.mask.to(device))
-
-    def __len__(self) -> int:
-        return self.embeds.shape[0]
-
-
-@dataclass(frozen=True)
 class FlexSpec:
     """Where a family keeps the parts flexify works on (module names)."""
 
@@ -198,7 +176,7 @@ class FlexModel(nn.Module):
     @staticmethod
     def cat_conditions(conds: list):
         """Stack per-sample conditionings along the batch: class labels (tensors) or `TextCondition`s."""
-        return TextCondition.cat(conds) if isinstance(conds[0], TextCondition) else torch.cat(conds)
+        return conds[0].cat(conds) if hasattr(conds[0], "cat") else torch.cat(conds)
 
     # -- shared -------------------------------------------------------------------------------------------
     @property
@@ -320,12 +298,3 @@ def flexify_model(model: FlexModel, weak_patch_sizes: list, mode: str = "lora", 
             param.requires_grad_(False)  # the pretrained weights only seed the underlying ones: the deltas train
         L.replace_norms(model, spec.norms, [base, *weak])
     return model
-
-
-def added_parameter_names(model: nn.Module) -> set[str]:
-    """Names of the parameters flexify added (tokenizers, size embeddings, LoRAs, norm affines)."""
-    names = {n for n, _ in model.named_parameters() if n.startswith("flex.") or ".lora_" in n}
-    for mname, module in model.named_modules():
-        if isinstance(module, L.SizeLayerNorm):
-            names |= {f"{mname}.{n}" for n, _ in module.named_parameters()}
-    return names

@@ -14,10 +14,7 @@ tokens, the parameters of that run's patch size. Nothing holds a "current" patch
 """
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -50,12 +47,14 @@ class LoRALinear(PeftLoraLinear):
         return self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x))) * self.scaling[name]
 
     def forward(self, x: torch.Tensor, spans: Spans | None = None) -> torch.Tensor:
-        out = self.base_layer(x)
+        base = self.base_layer
+        out = F.linear(x, base.weight, base.bias)  # == base(x), without a second module call per layer
         if spans is None:
             return out
-        names = [patch_key(p) for p in spans.sizes]
         if not spans.packed:
-            return out + self._delta(x, names[0]) if names[0] in self.lora_A else out
+            name = patch_key(spans.sizes[0])
+            return out + self._delta(x, name) if name in self.lora_A else out
+        names = [patch_key(p) for p in spans.sizes]
         if not any(n in self.lora_A for n in names):
             return out
         pieces = [out[:, a:b] + self._delta(x[:, a:b], n) if n in self.lora_A else out[:, a:b]
@@ -102,7 +101,7 @@ class SizeLayerNorm(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _lora_config(rank: int, alpha: float, targets):
+def lora_config(rank: int, alpha: float, targets):
     from peft import LoraConfig
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), bias="none")
@@ -118,7 +117,7 @@ def inject_loras(model: nn.Module, targets, patch_sizes: list, rank: int, alpha:
         warnings.filterwarnings("ignore", message=".*peft_config.*")
         warnings.filterwarnings("ignore", message=".*Already found.*")
         for p in patch_sizes:
-            inject_adapter_in_model(_lora_config(rank, alpha, targets), model, adapter_name=patch_key(p))
+            inject_adapter_in_model(lora_config(rank, alpha, targets), model, adapter_name=patch_key(p))
     if hasattr(model, "peft_config"):
         del model.peft_config  # peft's bookkeeping; the checkpoint metadata describes the adapters
 
@@ -151,32 +150,3 @@ def replace_norms(model: nn.Module, names, patch_sizes: list) -> None:
         if isinstance(module, LayerNorm) and any(name == n or name.endswith("." + n) for n in names):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, SizeLayerNorm(module, patch_sizes))
-
-
-def export_peft_adapters(model: nn.Module, out_dir: str | Path, rank: int, alpha: float,
-                         targets=None) -> list[Path]:
-    """Each weak size's LoRA in peft's layout: OUT/p{size}/adapter_model.safetensors + adapter_config.json.
-
-    Keys follow peft (`base_model.model.<module>.lora_A.weight`), so `peft.set_peft_model_state_dict` or
-    `PeftModel.from_pretrained` on the base model (original key names) load them.
-    """
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    targets = model.flex.lora_targets if targets is None else targets
-    written = []
-    for a in sorted({a for _, layer in lora_layers(model) for a in layer.lora_A}):
-        tensors = {}
-        for name, layer in lora_layers(model):
-            if a in layer.lora_A:
-                tensors[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[a].weight.detach().contiguous()
-                tensors[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[a].weight.detach().contiguous()
-        folder = out_dir / a
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, os.fspath(folder / "adapter_model.safetensors"))
-        config = _lora_config(rank, alpha, targets).to_dict()
-        config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items() if not k.startswith("_")}
-        config.update(peft_type="LORA", task_type=None, base_model_name_or_path=None)
-        (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, default=str))
-        written.append(folder)
-    return written

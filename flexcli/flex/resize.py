@@ -34,6 +34,7 @@ def as_patch(p: int | Patch, ndim: int | None = None) -> Patch:
     return p
 
 
+@lru_cache(maxsize=None)
 def patch_key(p: int | Patch) -> str:
     """The name of a patch size in module and adapter names: 4 or (4, 4) -> "p4", (1, 2, 2) -> "p1x2x2"."""
     t = (p,) if isinstance(p, (int, np.integer)) else tuple(p)

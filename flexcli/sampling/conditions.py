@@ -58,7 +58,7 @@ class Prompts:
     num_samples: int = 0
 
     def batch(self, indices: list[int], device):
-        from flexcli.flex.core import TextCondition
+        from flexcli.flex.conditions import TextCondition
 
         rows = torch.tensor([i % len(self.embeds) for i in indices])
         cond = TextCondition(self.embeds[rows].to(device), self.mask[rows].to(device))

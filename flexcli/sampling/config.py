@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from flexcli.diffusion import guidance as G
+from flexcli.diffusion import schedule as G
 from flexcli.diffusion.samplers import SOLVERS
 from flexcli.diffusion.t2i_solvers import T2I_SOLVERS
 from flexcli.diffusion.schedule import ORDERS

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from flexcli.diffusion import guidance as G
+from flexcli.diffusion import schedule as G
 from flexcli.diffusion.samplers import make_generators, per_sample_noise, run_solver
 from flexcli.diffusion.t2i_solvers import T2I_SOLVERS, run_t2i_solver
 from flexcli.io.samples import decode, to_uint8

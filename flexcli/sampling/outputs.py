@@ -8,7 +8,7 @@ import sys
 import torch
 
 from flexcli.compute import model_step_cost
-from flexcli.diffusion import guidance as G
+from flexcli.diffusion import schedule as G
 from flexcli.sampling.config import SampleConfig
 from flexcli.sampling.plan import Plan
 

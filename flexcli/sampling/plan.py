@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 
 from flexcli.compute import model_step_cost
-from flexcli.diffusion import guidance as G
+from flexcli.diffusion import schedule as G
 from flexcli.diffusion.process import GaussianDiffusion
 from flexcli.diffusion.samplers import solver_timesteps
 from flexcli.diffusion.t2i_solvers import T2I_SOLVERS, t2i_timesteps
