@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from flexcli.diffusion.schedule import PatchSchedule, parse_schedule
-from flexcli.flex.core import TextCondition
+from flexcli.flex.conditions import TextCondition
 from flexcli.models.pixart import PixArtCondition
 
 

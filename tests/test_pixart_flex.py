@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from flexcli.compute import model_cost, packed_forward_cost
-from flexcli.flex.core import TextCondition, flexify_model, forward_packed
+from flexcli.flex.conditions import TextCondition
+from flexcli.flex.core import flexify_model, forward_packed
 from flexcli.flex.layers import lora_layers, merge_loras
 from flexcli.flex.resize import bilinear_matrix
 from flexcli.models.pixart import CROSS_ATTENTION, PixArt, random_pixart

@@ -8,7 +8,8 @@ import torch
 
 from flexcli.api import build_model
 from flexcli.families import read_checkpoint
-from flexcli.flex.core import TextCondition, flexify_model
+from flexcli.flex.conditions import TextCondition
+from flexcli.flex.core import flexify_model
 from flexcli.io.pixart_layout import read_pixart, save_original
 from flexcli.models.pixart import PixArt, PixArtCondition, random_pixart
 from flexcli.models.pixart_config import named_pixart_config, pixart_pos_table, pixart_positions
@@ -55,6 +56,8 @@ def test_parity_with_diffusers_from_the_diffusers_layout(tmp_path, kw, sides):
     padded.embeds[0, 3:] = 100.0  # masked caption tokens do not matter
     if micro:
         padded = PixArtCondition(padded.embeds, padded.mask, cond.resolution, cond.aspect_ratio)
+        both = model.cat_conditions([cond, cond])  # the sampler's [cond; guidance] batch keeps the micro-conditions
+        assert isinstance(both, PixArtCondition) and both.resolution.shape == (4, 2)
     assert (model(x, t, padded) - out).abs().max() < 1e-6
 
 

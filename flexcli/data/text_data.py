@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from flexcli.errors import FlexcliError
-from flexcli.flex.core import TextCondition
+from flexcli.flex.conditions import TextCondition
 
 _FORMAT = ("an image folder with metadata.jsonl (file_name, text) or .safetensors shards with latents, "
            "prompt_embeds and prompt_attention_mask")

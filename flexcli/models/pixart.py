@@ -26,7 +26,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from flexcli.flex.core import FlexModel, FlexSpec, TextCondition
+from flexcli.flex.conditions import TextCondition
+from flexcli.flex.core import FlexModel, FlexSpec
 from flexcli.flex.layers import LayerNorm
 from flexcli.flex.packing import Spans
 from flexcli.flex.resize import interpolate_table, patch_centres, patch_key
@@ -45,6 +46,20 @@ class PixArtCondition(TextCondition):
 
     resolution: torch.Tensor | None = None
     aspect_ratio: torch.Tensor | None = None
+
+    @staticmethod
+    def cat(conds: list) -> TextCondition:
+        """Stack along the batch; the micro-conditions are kept when every part has them."""
+        out = TextCondition.cat(conds)
+        if all(getattr(c, "resolution", None) is not None for c in conds):
+            return PixArtCondition(out.embeds, out.mask, torch.cat([c.resolution for c in conds]),
+                                   torch.cat([c.aspect_ratio for c in conds]))
+        return out
+
+    def to(self, device) -> "PixArtCondition":
+        move = (lambda v: None if v is None else v.to(device))  # noqa: E731
+        return PixArtCondition(self.embeds.to(device), self.mask.to(device), move(self.resolution),
+                               move(self.aspect_ratio))
 
 
 class Conditioning(NamedTuple):
@@ -175,14 +190,6 @@ class PixArt(FlexModel):
         return self.norm_out(h, spans) * (1 + scale) + shift
 
     # -- text conditioning -----------------------------------------------------------------------------------
-    @staticmethod
-    def cat_conditions(conds: list):
-        out = TextCondition.cat(conds)
-        if all(isinstance(c, PixArtCondition) and c.resolution is not None for c in conds):
-            return PixArtCondition(out.embeds, out.mask, torch.cat([c.resolution for c in conds]),
-                                   torch.cat([c.aspect_ratio for c in conds]))
-        return out
-
     @property
     def text_length(self) -> int:
         """Caption tokens per prompt (the text encoder's max_length; PixArt-alpha's T5: 120)."""

@@ -186,7 +186,7 @@ def _fitted_shape(tokens: int, p: int) -> Shape:
 def random_condition(cfg, batch: int, g: torch.Generator):
     """What a profiled forward pass is conditioned on: class labels, or random captions of full length."""
     if hasattr(cfg, "caption_channels"):
-        from flexcli.flex.core import TextCondition
+        from flexcli.flex.conditions import TextCondition
 
         L = cfg.model_max_length
         return TextCondition(torch.randn(batch, L, cfg.caption_channels, generator=g), torch.ones(batch, L))

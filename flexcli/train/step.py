@@ -21,7 +21,7 @@ import torch
 
 from flexcli.data.text_data import TextData
 from flexcli.diffusion.process import GaussianDiffusion
-from flexcli.flex.core import TextCondition
+from flexcli.flex.conditions import TextCondition
 from flexcli.train import objectives as obj
 from flexcli.train.config import DistillConfig
 from flexcli.train.state import EMA, DataOrder
