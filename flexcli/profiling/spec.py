@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from flexcli.errors import FlexcliError
-from flexcli.models.configs import DiTConfig, named_config
+from flexcli.models.configs import named_config
 from flexcli.models.dit import DiT
 from flexcli.profiling import latency as lat
 
