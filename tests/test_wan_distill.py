@@ -51,7 +51,7 @@ def test_velocity_distillation_trains_only_the_weak_parts(flex, tmp_path):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all(".lora_" in k or k.startswith("flex.") for k in changed)
     meta = read_checkpoint(res.checkpoint).metadata["training"]
-    assert meta["objective"] == "velocity distillation (§3.2)" and meta["data"]["negative_prompt"]
+    assert meta["objective"] == "velocity distillation (§3.2)" and meta["data"]["caption_tokens"] == 6
 
 
 def test_resume_gives_the_same_loss_sequence(flex, tmp_path):
@@ -88,7 +88,7 @@ def test_shared_mode_flow_loss(tmp_path):
     (dict(latent=(3, 4, 4)), "which the patch size 2x2x2 does not tile (F x H x W = 3x4x4)"),
     (dict(latent=(4, 4, 6)), "which the patch size 1x4x4 does not tile"),
     (dict(channels=3), "it expects (N, 4, F, H, W) video latents"),
-    (dict(text_dim=8), "the prompt embeddings are 8-wide but the model's text_dim is 16"),
+    (dict(text_dim=8), "are 8-wide but the model's caption_channels is 16"),
 ])
 def test_shards_of_the_wrong_shape(flex, tmp_path, shard, message):
     data = video_shard(tmp_path / "bad.safetensors", **shard)
@@ -100,11 +100,21 @@ def test_shards_of_the_wrong_shape(flex, tmp_path, shard, message):
 
 
 def test_image_shards_for_a_video_model(flex, tmp_path):
-    np.savez(tmp_path / "img.npz", latents=np.zeros((4, 4, 8, 8), np.float32),
-             prompt_embeds=np.zeros((4, 3, 16), np.float32))
-    res = runner.invoke(app, ["distill", str(flex), "-o", str(tmp_path / "run"), "--data", str(tmp_path / "img.npz"),
-                              "--no-progress"])
+    from safetensors.torch import save_file
+
+    save_file({"latents": torch.zeros(4, 4, 8, 8), "prompt_embeds": torch.ones(4, 3, 16),
+               "prompt_attention_mask": torch.ones(4, 3, dtype=torch.long),
+               "negative_prompt_embeds": torch.ones(1, 3, 16),
+               "negative_prompt_attention_mask": torch.ones(1, 3, dtype=torch.long)}, str(tmp_path / "img.safetensors"))
+    res = runner.invoke(app, ["distill", str(flex), "-o", str(tmp_path / "run"), "--data",
+                              str(tmp_path / "img.safetensors"), "--no-progress"])
     assert res.exit_code == 2 and "video latents" in res.stderr and not (tmp_path / "run").exists()
+
+
+def test_shards_without_a_null_caption_need_a_text_encoder(flex, tmp_path):
+    data = video_shard(tmp_path / "c.safetensors", negative=False)
+    res = runner.invoke(app, ["distill", str(flex), "-o", str(tmp_path / "run"), "--data", str(data), "--no-progress"])
+    assert res.exit_code == 2 and "needs a text encoder" in res.stderr and not (tmp_path / "run").exists()
 
 
 def test_ddp_two_gloo_processes_match_one_process(flex, tmp_path):

@@ -183,3 +183,27 @@ def test_a_folder_that_is_not_wan_is_one_line(tmp_path):
     res = runner.invoke(app, ["flexify", str(folder), "-p", "2,2,2", "-o", str(tmp_path / "o.safetensors")])
     assert res.exit_code == 2 and "does not hold Wan transformer weights" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.safetensors").exists()
+
+
+def test_lora_cross_attn_opt_in(base):
+    """--lora-cross-attn (the "cross_attn" group): LoRAs on attn2 too, its k/v LoRAs over the text tokens; the
+    pretrained size stays bit-identical and the FLOPs still equal torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    from flexcli.compute import model_cost
+
+    flex = flexify_model(copy.deepcopy(base), WEAK, "lora", lora_rank=4,
+                         lora_targets=base.flex_spec.targets(("cross_attn",)))
+    per_block = sorted(n.split(".", 2)[2] for n, _ in lora_layers(flex) if n.startswith("blocks.0."))
+    assert [n for n in per_block if n.startswith("attn2.")] == ["attn2.to_k", "attn2.to_out.0", "attn2.to_q",
+                                                                "attn2.to_v"]
+    _perturb_added(flex)
+    x, t, text = wan_inputs(tiny_wan(seed=5), frames=2, height=8, width=8)
+    with torch.no_grad():
+        assert torch.equal(flex(x, t, text_condition(text)), base(x, t, text_condition(text)))
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+               lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v)}
+    for p in WEAK:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            flex(x, t, text_condition(text), patch_size=p)
+        assert counter.get_total_flops() == model_cost(flex, p, 2, input_size=(2, 8, 8)).flops

@@ -9,7 +9,7 @@ from flexcli.compute import step_cost_fn
 from flexcli.diffusion.schedule import compute_fraction, parse_schedule
 from flexcli.io.video import check_video_shape
 from flexcli.models.wan_config import NAMED_CONFIGS
-from flexcli.patches import parse_patch
+from flexcli.flex.patches import parse_patch
 from flexcli.sampling import resolve_config
 from flexcli.train.config import resolve
 

@@ -21,7 +21,6 @@ default; 3 reproduces DiT's released FIDs); the other channels come from the con
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -29,7 +28,7 @@ from typing import Callable
 import torch
 
 from flexcli.errors import FlexcliError
-from flexcli.flex.resize import as_patch
+from flexcli.flex.patches import is_patch, named, volume
 
 ORDERS = ("weak-first", "weak-last")
 StepCost = Callable[[int, "int | None"], float]  # (p_cond, p_uncond or None) -> cost of one step
@@ -69,19 +68,13 @@ def powerful_last(steps: int, n_powerful: int, powerful: int, weak: int) -> tupl
     return (weak,) * (steps - n_powerful) + (powerful,) * n_powerful
 
 
-def _size(text: str):
-    """"4" -> 4; video "1x4x4" -> (1, 4, 4)."""
-    axes = tuple(int(v) for v in text.split("x"))
-    return axes[0] if len(axes) == 1 else axes
-
-
 def _segments(spec: str, part: str, steps: int) -> tuple:
     out: list = []
     for item in part.split(","):
         m = re.fullmatch(r"\s*(\d+(?:x\d+)*)\s*:\s*(\d+)\s*", item)
         if not m:
             raise _bad(spec, f"'{item.strip()}' is not P:N")
-        p, n = _size(m.group(1)), int(m.group(2))
+        p, n = named(m.group(1)), int(m.group(2))
         if min(p if isinstance(p, tuple) else (p,)) < 1:
             raise _bad(spec, f"patch size {m.group(1)} is not positive")
         out += [p] * n
@@ -129,9 +122,9 @@ def from_list(value, steps: int) -> PatchSchedule:
     out = []
     for name, lst in (("cond", cond), ("uncond", uncond)):
         if isinstance(lst, (list, tuple)):  # video sizes: [1, 4, 4] entries or "1x4x4" strings
-            lst = [tuple(p) if isinstance(p, (list, tuple)) else _size(p) if isinstance(p, str) and
+            lst = [tuple(p) if isinstance(p, (list, tuple)) else named(p) if isinstance(p, str) and
                    re.fullmatch(r"\d+(x\d+)+", p) else p for p in lst]
-        if not isinstance(lst, (list, tuple)) or not all(_positive(p) for p in lst):
+        if not isinstance(lst, (list, tuple)) or not all(is_patch(p) for p in lst):
             raise FlexcliError(f"schedule_steps ({name}) is not a list of positive patch sizes",
                                "write e.g. schedule_steps: [4, 4, 2, 2] (video: [[1, 4, 4], [1, 2, 2]])")
         if len(lst) != steps:
@@ -139,12 +132,6 @@ def from_list(value, steps: int) -> PatchSchedule:
                                "give one patch size per step")
         out.append(tuple(lst))
     return PatchSchedule(out[0], out[1], "explicit list")
-
-
-def _positive(p) -> bool:
-    if isinstance(p, tuple):
-        return len(p) > 1 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p)
-    return isinstance(p, int) and not isinstance(p, bool) and p > 0
 
 
 def parse_schedules(text: str | None) -> list[str] | None:
@@ -216,7 +203,7 @@ def linked_weak_scale(s1: float, link: float = PAPER_LINK) -> float:
 def uses_weak_guidance(p_cond, p_uncond, mode: str = "weak") -> bool:
     """Whether this step's guidance branch is the weak conditional prediction (label c instead of null): the
     guidance branch runs at a larger patch (more cells per token) than the conditional one."""
-    return mode == "weak" and math.prod(as_patch(p_cond)) < math.prod(as_patch(p_uncond))
+    return mode == "weak" and volume(p_cond) < volume(p_uncond)
 
 
 def step_scale(p_cond: int, p_uncond: int, s1: float, s2: float, mode: str = "weak") -> float:

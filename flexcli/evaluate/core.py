@@ -12,6 +12,7 @@ from typing import Callable
 from flexcli.errors import FlexcliError
 from flexcli.evaluate.pareto import pick_budget, read_pareto_csv, write_pareto_csv
 from flexcli.evaluate.runs import SampleSet, latency_ratios, resolve_samples, schedule_dirname
+from flexcli.evaluate.t2i import MatchOptions, write_match_table
 from flexcli.io.atomic import atomic_dir, check_output
 from flexcli.metrics.fid import (MetricOptions, check_options, compute_metrics, feature_spec, file_sha256,
                                  ref_cache_name)
@@ -26,6 +27,7 @@ class ClipOptions:
     weights: Path | None = None
     model: str = "ViT-L-14"
     prompts: Path | None = None  # one prompt per line, in sample order (run.json "prompts" wins)
+    match: MatchOptions = field(default_factory=MatchOptions)  # the Fig. 7 (middle) table, with CLIP scores
 
 
 @dataclass
@@ -116,6 +118,9 @@ def _evaluate_into(folder: Path, sets: list[SampleSet], ref_path: Path, opts: Me
     from flexcli.evaluate.plots import plot_pareto_csv
 
     files, notes = plot_pareto_csv(csv, folder)
+    if clip_model is not None:  # text-to-image: the baseline-matching table and the FID-vs-CLIP curves
+        more, more_notes = write_match_table(read_pareto_csv(csv), folder, clip.match)
+        files, notes = files + more, notes + more_notes
     spec = feature_spec(opts.features)
     config = {"ref": str(ref_path), "ref_images": len(ref), "ref_sha256": ref.content_hash(),
               "ref_cache_name": ref_cache_name(ref, opts, spec), "features": spec.name,
@@ -123,6 +128,7 @@ def _evaluate_into(folder: Path, sets: list[SampleSet], ref_path: Path, opts: Me
               "inception_sha256": file_sha256(Path(opts.inception_weights)) if spec.needs_inception_weights else None,
               "metrics": list(opts.metrics), "kid_subset_size": opts.kid_subset_size, "kid_subsets": opts.kid_subsets,
               "prc_neighborhood": opts.prc_neighborhood, "clip_model": clip.model if clip_model else None,
+              "t2i_match": vars(clip.match) if clip_model else None,
               "checkpoint": str(ckpt) if ckpt else None, "steps": steps,
               "compute_convention": "FLOPs of the denoiser per sample relative to the all-powerful schedule, "
                                     "classifier-free guidance on (2 passes per step)",

@@ -53,13 +53,23 @@ def _cross(cfg: WanConfig, T: int, segments: int) -> int:
     return cfg.depth * 2 * T * segments * cfg.text_len * cfg.hidden_size
 
 
+def _lora_macs(cfg: WanConfig, T: int, targets: tuple) -> int:
+    """MACs per unit of LoRA rank: d_in + d_out per token per adapted linear; attn2's k and v (opt-in with
+    --lora-cross-attn) see the text_len text tokens, every other target the T video tokens."""
+    D, F, L = cfg.hidden_size, cfg.ffn_dim, cfg.text_len
+    tokens = {"attn2.to_k": L, "attn2.to_v": L}
+    dims = {"ffn.net.0.proj": (D, F), "ffn.net.2": (F, D)}
+    return cfg.depth * sum(tokens.get(t, T) * sum(dims.get(t, (D, D))) for t in targets)
+
+
 COST = FamilyCost(
     terms=_terms,
     lora_dims=lambda c: [(c.hidden_size, c.hidden_size)] * 4 + [(c.hidden_size, c.ffn_dim), (c.ffn_dim, c.hidden_size)],
     attention=_attention,
     io_dims=lambda c: (c.hidden_size, c.in_channels, c.out_channels),
     spatial=lambda c: DEFAULT_LATENT,
-    packed_cross=_cross)
+    lora_macs=_lora_macs,
+    packed_cross_attention=_cross)
 
 FAMILY = Family(name="wan", model=Wan, config=WanConfig, claims=claims, read=read, cost=COST, conditioning="text",
                 process="flow")

@@ -11,7 +11,7 @@ timesteps (sigma x 1000), cond a `TextCondition` of umT5 embeddings (N, L, 4096)
                in the pretrained token grid (`flexcli.models.wan_rope`): fractional for larger patches;
 * de-tokenize: `norm_out` modulated by the output `scale_shift_table`, then `proj_out`.
 The LoRA targets (paper §3.2) are the self-attention projections and the FFN; the cross-attention is frozen
-and has no LoRA (its linears are plain `nn.Linear`).
+and has no LoRA (paper Fig. 5) unless flexify opts in (`--lora-cross-attn`, the group "cross_attn").
 
 Text mask. Wan (original and diffusers) trims the umT5 output to the prompt's length, zero-pads it to 512
 tokens and passes NO mask: the padded keys are `text_embedder(0)`, attended to. `condition` does the same
@@ -92,21 +92,23 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """attn2: queries from the video tokens, keys and values from the embedded text; frozen, no LoRA."""
+    """attn2: queries from the video tokens, keys and values from the embedded text (its own spans: one run of
+    text per run of video tokens). Frozen without LoRA by default (paper Fig. 5); `--lora-cross-attn` opts in."""
 
     def __init__(self, dim: int, heads: int, eps: float):
         super().__init__()
         self.heads = heads
-        self.to_q, self.to_k, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        self.to_q, self.to_k, self.to_v = Linear(dim, dim), Linear(dim, dim), Linear(dim, dim)
+        self.to_out = nn.ModuleList([Linear(dim, dim), nn.Dropout(0.0)])
         self.norm_q = nn.RMSNorm(dim, eps=eps, elementwise_affine=True)
         self.norm_k = nn.RMSNorm(dim, eps=eps, elementwise_affine=True)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        q = self.norm_q(self.to_q(x)).unflatten(2, (self.heads, -1))
-        k = self.norm_k(self.to_k(text)).unflatten(2, (self.heads, -1))
-        v = self.to_v(text).unflatten(2, (self.heads, -1))
-        return self.to_out[0](_attend(q, k, v, self.heads, mask))
+    def forward(self, x: torch.Tensor, spans: Spans, text: torch.Tensor, text_spans: Spans,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        q = self.norm_q(self.to_q(x, spans)).unflatten(2, (self.heads, -1))
+        k = self.norm_k(self.to_k(text, text_spans)).unflatten(2, (self.heads, -1))
+        v = self.to_v(text, text_spans).unflatten(2, (self.heads, -1))
+        return self.to_out[0](_attend(q, k, v, self.heads, mask), spans)
 
 
 class GELUProj(nn.Module):
@@ -145,14 +147,15 @@ class WanBlock(nn.Module):
         self.norm3 = FP32LayerNorm(D, eps=cfg.eps, elementwise_affine=False)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, D) / D**0.5)
 
-    def forward(self, h: torch.Tensor, conds: list[WanCond], text: torch.Tensor, cross_mask, rotary: tuple,
+    def forward(self, h: torch.Tensor, conds: list[WanCond], text: tuple, rotary: tuple,
                 spans: Spans) -> torch.Tensor:
+        """h (N, T, D); text = (embedded text (N, L, D), its spans, the cross-attention mask or None)."""
         mods = spans.per_token([(self.scale_shift_table + c.timestep_proj.float()).flatten(1) for c in conds])
         shift, scale, gate, c_shift, c_scale, c_gate = mods.chunk(6, dim=-1)  # (N, 1 or T, D) each, float32
         x = (self.norm1(h.float(), spans) * (1 + scale) + shift).type_as(h)
         h = (h.float() + self.attn1(x, rotary, spans) * gate).type_as(h)
         x = (self.norm2(h.float(), spans) if self.norm2 is not None else h.float()).type_as(h)
-        h = h + self.attn2(x, text, cross_mask)
+        h = h + self.attn2(x, spans, *text)
         x = (self.norm3(h.float(), spans) * (1 + c_scale) + c_shift).type_as(h)
         return (h.float() + self.ffn(x, spans).float() * c_gate).type_as(h)
 
@@ -162,7 +165,9 @@ class Wan(FlexModel):
     flex_spec = FlexSpec(tokenizer="patch_embedding", detokenizer="proj_out",
                          lora_targets=("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                                        "ffn.net.0.proj", "ffn.net.2"),
-                         norms=("norm1", "norm3", "norm_out"))
+                         norms=("norm1", "norm3", "norm_out"),
+                         optional_lora_targets={"cross_attn": ("attn2.to_q", "attn2.to_k", "attn2.to_v",
+                                                               "attn2.to_out.0")})
 
     def __init__(self, config: WanConfig):
         super().__init__()
@@ -230,23 +235,24 @@ class Wan(FlexModel):
                  for g, p in zip(spans.grids, spans.sizes)]
         return tuple(torch.cat([part[i] for part in parts], dim=1).to(device) for i in (0, 1))
 
-    def text_keys(self, conds: list[WanCond], spans: Spans, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The text every query sees: one run's (N, L, D), or the runs' texts side by side with a mask that
+    def text_keys(self, conds: list[WanCond], spans: Spans, device) -> tuple:
+        """(text, its spans, mask): one run's text (N, L, D), or the runs' texts side by side with a mask that
         pairs query run i with text run i; combined with the key-padding masks where they are used."""
         text = conds[0].text if len(conds) == 1 else torch.cat([c.text for c in conds], dim=1)
-        pairing = spans.cross_mask(Spans(spans.sizes, tuple(c.text.shape[1] for c in conds)), device)
+        text_spans = Spans(spans.sizes, tuple(c.text.shape[1] for c in conds))
+        pairing = spans.cross_mask(text_spans, device)
         if all(c.key_mask is None for c in conds):
-            return text, pairing
+            return text, text_spans, pairing
         keys = torch.cat([c.key_mask if c.key_mask is not None else torch.ones(c.text.shape[:2], dtype=torch.bool,
                                                                                  device=device) for c in conds], 1)
         mask = keys[:, None, None, :]  # (N, 1, 1, L): attend to the kept keys
-        return text, mask if pairing is None else mask & pairing[None, None]
+        return text, text_spans, mask if pairing is None else mask & pairing[None, None]
 
     def run_blocks(self, h: torch.Tensor, conds: list[WanCond], spans: Spans) -> torch.Tensor:
         rotary = self.rotary(spans, h.device)
-        text, cross_mask = self.text_keys(conds, spans, h.device)
+        text = self.text_keys(conds, spans, h.device)
         for block in self.blocks:
-            h = block(h, conds, text, cross_mask, rotary, spans)  # (N, T, D)
+            h = block(h, conds, text, rotary, spans)  # (N, T, D)
         return h
 
     def head(self, h: torch.Tensor, conds: list[WanCond], spans: Spans) -> torch.Tensor:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from flexcli.errors import FlexcliError
-from flexcli.patches import label
+from flexcli.flex.patches import label
 
 WAN_480P_81 = (21, 60, 104)  # 480x832 pixels, 81 frames: the video VAE's (4, 8, 8) compression
 
@@ -107,7 +107,7 @@ def _fix(latent: tuple, p: tuple) -> str:
 
 def plan_video_shapes(spec, latent: tuple, base: tuple, allowed: list | None) -> list[VideoShape]:
     """The (patch size, latent) of every row; `allowed` is a checkpoint's patch sizes (None: any)."""
-    from flexcli.patches import parse_patch
+    from flexcli.flex.patches import parse_patch
 
     if spec.patch_sizes and spec.seq_lengths:
         raise FlexcliError("--patch-sizes and --seq-lengths both given", "pass one of them")

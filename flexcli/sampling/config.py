@@ -11,6 +11,7 @@ import torch
 from flexcli.diffusion import schedule as G
 from flexcli.diffusion.flow import FLOW_SOLVERS
 from flexcli.diffusion.samplers import SOLVERS
+from flexcli.diffusion.t2i_solvers import T2I_SOLVERS
 from flexcli.diffusion.schedule import ORDERS
 from flexcli import config
 from flexcli.errors import FlexcliError
@@ -18,7 +19,8 @@ from flexcli.errors import FlexcliError
 PACKING = ("separate", "packed")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SCHEDULE_KEYS = ("schedule", "schedule_steps", "compute")
-ALL_SOLVERS = SOLVERS + tuple(f"flow-{s}" for s in FLOW_SOLVERS)  # flow-unipc, flow-euler: flow-matching (Wan)
+# DDPM solvers (DiT), PixArt's text-to-image ones, and flow-unipc/flow-euler for flow-matching models (Wan)
+ALL_SOLVERS = SOLVERS + tuple(T2I_SOLVERS) + tuple(f"flow-{s}" for s in FLOW_SOLVERS)
 
 
 @dataclass
@@ -67,8 +69,12 @@ class SampleConfig:
 def resolve_config(cli: dict, recipe: str | Path | None = None) -> SampleConfig:
     """defaults < recipe < CLI flags (`cli` holds only the flags actually given, i.e. not None), through the one
     resolver (`flexcli.config`): one way to choose the schedule per level; `out` and `force` are flags only."""
-    return config.resolve(SampleConfig, recipe, cli, exclusive=[SCHEDULE_KEYS], flag_only=("out", "force"),
-                          validate=lambda cfg, where: validate(cfg))
+    cfg = config.resolve(SampleConfig, recipe, cli, exclusive=[SCHEDULE_KEYS], flag_only=("out", "force"),
+                         validate=lambda cfg, where: validate(cfg))
+    given = cli.get("steps") is not None or (recipe is not None and "steps" in config.read_recipe(recipe))
+    if cfg.solver in T2I_SOLVERS and not given:  # PixArt's protocol: iDDPM 100, DPM-Solver 20, SA-Solver 25 steps
+        cfg.steps = T2I_SOLVERS[cfg.solver]
+    return cfg
 
 
 def validate(cfg: SampleConfig) -> None:

@@ -11,6 +11,7 @@ import torch
 from flexcli.diffusion import schedule as G
 from flexcli.diffusion.flow import run_flow_solver
 from flexcli.diffusion.samplers import make_generators, per_sample_noise, run_solver
+from flexcli.diffusion.t2i_solvers import T2I_SOLVERS, run_t2i_solver
 from flexcli.io.samples import decode, to_uint8
 from flexcli.sampling.config import DTYPES, SampleConfig
 from flexcli.sampling.outputs import run_record
@@ -75,6 +76,8 @@ def sample_latents(model, cfg: SampleConfig, plan: Plan, indices: list[int], dev
         if plan.flow_shift is not None:  # flow matching: deterministic, randomness only in the initial noise
             out.append(run_flow_solver(plan.solver[len("flow-"):], denoise, x, cfg.steps, plan.flow_shift,
                                        callback=callback).cpu())
+        elif plan.solver in T2I_SOLVERS:
+            out.append(run_t2i_solver(plan.solver, denoise, x, gens, cfg.steps, callback).cpu())
         else:
             out.append(run_solver(plan.solver, denoise, x, plan.diffusion, gens, eta=cfg.eta,
                                   callback=callback).cpu())

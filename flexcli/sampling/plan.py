@@ -12,7 +12,7 @@ from flexcli.diffusion.schedule import PatchSchedule, for_compute, from_list, pa
 from flexcli.errors import FlexcliError
 from flexcli.flex.resize import as_patch
 from flexcli.sampling.conditions import ClassLabels, Prompts, class_labels, text_prompts
-from flexcli.patches import label
+from flexcli.flex.patches import label
 from flexcli.sampling.config import SampleConfig
 from flexcli.sampling.video import flow_shift_of, latent_shape_of, run_timesteps, solver_of
 
@@ -44,7 +44,7 @@ def _names(sizes) -> str:
 
 
 def _weak(cfg: SampleConfig, model):
-    from flexcli.patches import parse_patch, volume
+    from flexcli.flex.patches import parse_patch, volume
 
     p0, sizes = model.patch_sizes[0], model.patch_sizes
     weak_sizes = sorted((p for p in sizes if p != p0), key=lambda q: (volume(q), q))

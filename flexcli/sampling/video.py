@@ -17,7 +17,7 @@ def process_of(model) -> str:
 def solver_of(cfg, model) -> str:
     """The run's solver: the one given, checked against what the model predicts, or the family's default."""
     process = process_of(model)
-    solver = cfg.solver or DEFAULT_SOLVER[process]
+    solver = cfg.solver or DEFAULT_SOLVER[process]  # PixArt's iddpm/dpm-solver/sa-solver are DDPM solvers too
     if (process == "flow") != solver.startswith("flow-"):
         if process == "flow":
             raise FlexcliError(f"--solver {solver} is a DDPM solver but this is a flow-matching model",
@@ -43,7 +43,10 @@ def run_timesteps(solver: str, steps: int, flow_shift: float | None) -> list:
 
         return list(reversed(flow_timesteps(solver[len("flow-"):], steps, flow_shift)))
     from flexcli.diffusion.samplers import solver_timesteps
+    from flexcli.diffusion.t2i_solvers import T2I_SOLVERS, t2i_timesteps
 
+    if solver in T2I_SOLVERS:  # PixArt's protocol (App. B.5)
+        return sorted(t2i_timesteps(solver, steps))
     return solver_timesteps(solver, steps)
 
 

@@ -12,9 +12,11 @@ from flexcli.train.objectives import distill_terms
 def weak_vs_powerful_error(model, data: TensorData, patch_sizes: list[int] | None = None, samples: int = 256,
                            seed: int = 1234, batch: int = 64) -> dict:
     """Mean squared weak-vs-powerful difference of the eps channels (and the variance channels) on `data`
-    noised at uniform t with fixed noise: {patch: {"eps": ..., "sigma": ...}}. Labels are the real ones.
-    Video latents with captions (flow matching): the velocities' difference, under "eps", keyed "2x2x2"."""
-    if hasattr(data, "embeds"):
+    noised at uniform t with fixed noise: {patch: {"eps": ..., "sigma": ...}}. Labels (or captions) are the
+    real ones. Flow-matching models (Wan): the velocities' difference, under "eps", keyed "2x2x2"."""
+    from flexcli.families import family_of
+
+    if family_of(model).process == "flow":
         return _flow_error(model, data, patch_sizes, samples, seed, batch)
     g = torch.Generator().manual_seed(seed)
     diffusion = GaussianDiffusion()
@@ -29,7 +31,9 @@ def weak_vs_powerful_error(model, data: TensorData, patch_sizes: list[int] | Non
     model.eval()
     c = data.latents.shape[1]
     for i in range(0, n, batch):
-        x0, y = data.latents[idx[i:i + batch]].to(device), data.labels[idx[i:i + batch]].to(device)
+        rows = idx[i:i + batch]
+        x0 = data.latents[rows].to(device)
+        y = data.conditions(rows).to(device) if hasattr(data, "conditions") else data.labels[rows].to(device)
         tt = t[i:i + batch].to(device)
         x_t = diffusion.q_sample(x0, tt, noise[i:i + batch].to(device))
         ref = model(x_t, tt, y).float()
@@ -43,8 +47,7 @@ def weak_vs_powerful_error(model, data: TensorData, patch_sizes: list[int] | Non
 
 @torch.no_grad()
 def _flow_error(model, data, patch_sizes, samples: int, seed: int, batch: int) -> dict:
-    from flexcli.flex.conditions import TextCondition
-    from flexcli.patches import label
+    from flexcli.flex.patches import label
     from flexcli.train.flow import noised
 
     g = torch.Generator().manual_seed(seed)
@@ -59,7 +62,7 @@ def _flow_error(model, data, patch_sizes, samples: int, seed: int, batch: int) -
     model.eval()
     for i in range(0, n, batch):
         j = idx[i:i + batch]
-        cond = TextCondition(data.embeds[j].to(device), data.mask[j].to(device))
+        cond = data.conditions(j).to(device)
         s = sigma[i:i + batch].to(device)
         x_t = noised(data.latents[j].to(device), s, noise[i:i + batch].to(device))
         ref = model(x_t, 1000 * s, cond).float()

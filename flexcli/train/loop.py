@@ -20,7 +20,7 @@ import torch
 from flexcli.version import __version__
 from flexcli.data import load_training_data
 from flexcli.errors import FlexcliError
-from flexcli.patches import label
+from flexcli.flex.patches import label
 from flexcli.train.config import DistillConfig, read_config, resolve, save_config
 from flexcli.train.evaluation import weak_vs_powerful_error
 from flexcli.train.logs import LossLog, plot_losses
@@ -102,7 +102,7 @@ def _read_model(checkpoint: Path):
 
 
 def _train_sizes(cfg: DistillConfig, model, mode: str) -> list:
-    from flexcli.patches import label, parse_patch
+    from flexcli.flex.patches import label, parse_patch
 
     base = model.config.patch_size
     available = model.patch_sizes if mode == "shared" else model.patch_sizes[1:]
@@ -265,24 +265,27 @@ def _check_run(model, cfg: DistillConfig, checkpoint: Path, dist) -> tuple[str, 
 
 def _load_data(cfg: DistillConfig, model, out_dir: Path, dist, sizes: list):
     """Training (and held-out) data; the main process encodes (and caches) first, the others read the cache.
-    Text-conditional video models read latent shards with prompt embeddings (`flexcli.data.text_latents`)."""
+    Text-conditional families take images (video clips: latent shards) with captions (`flexcli.data.text_data`),
+    video latents checked against the pretrained and every trained patch size."""
     from flexcli.families import family_of
 
-    if family_of(model).conditioning == "text":
-        from flexcli.data.text_latents import load_text_latents
+    text = family_of(model).conditioning == "text"
+    if cfg.text_encoder is not None and not text:
+        raise FlexcliError("--text-encoder given to a class-conditional checkpoint", "drop it (labels come from the data)")
+    tiles = list(dict.fromkeys([tuple(model.base_patch)] + [tuple(p) for p in sizes if not isinstance(p, int)]))
 
-        if cfg.vae is not None:
-            raise FlexcliError("--vae encodes image folders for image models", "pass encoded video latent shards")
-        tiles = [tuple(p) for p in {model.base_patch, *[tuple(q) for q in sizes]}]
-        return (load_text_latents(cfg.data, model.config, tiles, cfg.data_limit),
-                load_text_latents(cfg.eval_data, model.config, tiles) if cfg.eval_data else None)
+    def load(spec, limit=None):
+        if text:
+            from flexcli.data.text_data import load_text_data
+            return load_text_data(spec, model, cfg.vae, cfg.text_encoder, cache_dir=out_dir / "cache", limit=limit,
+                                  patch_sizes=tiles)
+        return load_training_data(spec, model.config, cfg.vae, cache_dir=out_dir / "cache", limit=limit)
+
     data = eval_data = None
     for turn in ("main", "others"):
         if dist.main == (turn == "main"):
-            data = load_training_data(cfg.data, model.config, cfg.vae, cache_dir=out_dir / "cache",
-                                      limit=cfg.data_limit)
-            eval_data = (load_training_data(cfg.eval_data, model.config, cfg.vae, cache_dir=out_dir / "cache")
-                         if cfg.eval_data else None)
+            data = load(cfg.data, cfg.data_limit)
+            eval_data = load(cfg.eval_data) if cfg.eval_data else None
         dist.barrier()
     return data, eval_data
 

@@ -10,10 +10,9 @@ import math
 import re
 
 from flexcli.errors import FlexcliError
-from flexcli.flex.core import public_patch
 
 
-def _axes(value) -> tuple[int, ...] | None:
+def axes(value) -> tuple[int, ...] | None:
     """4 -> (4,), "2,2,2" / "2x2x2" / [2, 2, 2] -> (2, 2, 2); None when it is not a patch size."""
     if isinstance(value, bool):
         return None
@@ -33,18 +32,30 @@ def _example(ndim: int) -> str:
 
 def parse_patch(value, ndim: int, option: str = "--weak-patch"):
     """A user's patch size for a model whose patches have `ndim` axes -> int (square 2-D) or tuple."""
-    axes = _axes(value)
-    if axes is None or any(v <= 0 for v in axes):
+    sizes = axes(value)
+    if sizes is None or any(v <= 0 for v in sizes):
         raise FlexcliError(f"{option} {value} is not a patch size", f"pass e.g. {option} {_example(ndim)}")
-    if len(axes) == 1 and ndim == 2:
-        axes = axes * 2
-    if len(axes) != ndim:
+    if len(sizes) == 1 and ndim == 2:
+        sizes = sizes * 2
+    if len(sizes) != ndim:
         kind = "a video model's patches have 3 axes (p_t,p_h,p_w)" if ndim == 3 else \
             "an image model's patches have 2 axes"
-        given = f"{len(axes) if len(axes) > 1 else 2}-D"
+        given = f"{len(sizes) if len(sizes) > 1 else 2}-D"
         raise FlexcliError(f"{option} {value} is a {given} patch size, but {kind}",
                            f"pass e.g. {option} {_example(ndim)}")
-    return public_patch(axes)
+    return sizes[0] if len(sizes) == 2 and sizes[0] == sizes[1] else sizes  # as flex.core.public_patch
+
+
+def named(text: str):
+    """A patch as schedules write it: "4" -> 4, video "1x4x4" -> (1, 4, 4)."""
+    sizes = axes(text)
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def is_patch(p) -> bool:
+    """A positive int, or a tuple of at least two positive ints."""
+    sizes = (p,) if isinstance(p, int) else p if isinstance(p, tuple) and len(p) > 1 else None
+    return sizes is not None and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
 
 
 def volume(p) -> int:
