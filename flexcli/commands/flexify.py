@@ -13,7 +13,7 @@ def flexify(
     checkpoint: Path = typer.Argument(..., help="DiT checkpoint: .pt/.safetensors (original layout) or a diffusers folder."),
     weak_patch: list[int] = typer.Option(..., "--weak-patch", "-p", help="Weak patch size to add (repeatable: -p 4 -p 8)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .safetensors (default: <stem>-flex.safetensors beside the input)."),
-    mode: str = typer.Option("lora", help="lora (frozen base, per-size LoRAs, §3.2) or shared (§3.1)."),
+    mode: str = typer.Option("lora", metavar="<lora|shared>", help="lora (frozen base, per-size LoRAs, §3.2) or shared (§3.1)."),
     lora_rank: int = typer.Option(32, help="LoRA rank for --mode lora."),
     lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: the rank, i.e. LoRA scale 1)."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="For train.py checkpoints: take the EMA weights."),
@@ -29,8 +29,9 @@ def flexify(
         err.print(f"read {ckpt.layout} layout: depth {cfg.depth}, width {cfg.hidden_size}, heads {cfg.num_heads}, "
                   f"patch {cfg.patch_size}, channels {cfg.in_channels}->{cfg.out_channels}, "
                   f"learn_sigma {cfg.learn_sigma}, input {cfg.input_size}")
-        guessed = {k: v for k, v in ckpt.inferred.items() if not v.startswith("tensors")}
-        if guessed:
-            err.print("not from tensors: " + ", ".join(f"{k} ({v})" for k, v in guessed.items()))
+        guessed = {k: v for k, v in ckpt.inferred.items() if not v.startswith(("tensors", "metadata"))}
+        if guessed:  # values the weights and the file's metadata do not give: say where each came from
+            err.print("not read from the weights or their metadata: "
+                      + ", ".join(f"{k} ({v})" for k, v in guessed.items()), markup=False)
         err.print(f"mode {mode}: patch sizes {model.patch_sizes}")
         result(str(path))
