@@ -61,10 +61,12 @@ QUICK = JobSettings(distill_steps=400, num_samples=100, ref_images=500, steps=20
 def _validate(job: JobSettings, where: str) -> None:
     counts = ("weak_patch", "distill_steps", "distill_batch", "num_samples", "ref_images", "steps", "batch_size")
     bad = [k for k in counts if getattr(job, k) < 1] + (["distill_lr"] if job.distill_lr <= 0 else [])
-    bad += ["baseline_steps"] if any(n < 1 for n in job.baseline_steps) else []
     bad += ["compare_compute"] if not 0 < job.compare_compute <= 1 else []
     if bad:
         raise FlexcliError(f"{where}: {bad[0]} must be positive", f"give {bad[0]} a positive value")
+    if not all(1 <= n <= job.steps for n in job.baseline_steps):
+        raise FlexcliError(f"{where}: baseline_steps {job.baseline_steps} must lie in 1..steps ({job.steps})",
+                           "the fewer-steps baseline runs fewer steps than `steps`, e.g. baseline_steps: [30, 20]")
     if not job.schedules or not job.cfg_scales:
         raise FlexcliError(f"{where}: schedules and cfg_scales must not be empty", "e.g. schedules: [50/50, 30/30]")
 

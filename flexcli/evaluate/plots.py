@@ -3,7 +3,8 @@ when there, names the feature space and the reference set in the titles.
 
 - fid_vs_compute.png: FID vs compute %. The fewer-steps baseline (every step powerful, one point per step count
   and guidance scale) in grey squares with its front as a black dashed line; the flex points coloured by guidance
-  scale with their front in vermillion over it (paper Fig. 6 left, with the baseline of App. B, Fig. 27).
+  scale (triangles: weak guidance) with their front in vermillion over it (paper Fig. 6 left, with the baseline
+  of App. B, Fig. 27). Points of different CFG scales at one compute are drawn 0.6 % apart, so none hides another.
 - accuracy_vs_compute.png: the same for class accuracy (higher is better), when the CSV has it.
 - fid_vs_cfg.png: FID vs CFG scale, one line per (step count, schedule) (Fig. 6 middle).
 - fid_vs_clip.png: FID vs CLIP score, one line per (step count, schedule) over CFG scales (Fig. 7 left / 25);
@@ -59,35 +60,37 @@ def plot_pareto_csv(csv: str | Path, out_dir: str | Path) -> tuple[list[Path], l
     return files, notes
 
 
-def _context(csv: Path, df) -> str:
-    """'fmnist features (...); n = 400 samples per point; reference: ref.npz, 2000 images' (what is measured)."""
+def _context(csv: Path, df) -> list[str]:
+    """What is measured: the feature space, n and the reference set (from evaluate.json beside the CSV)."""
     info = {}
     if (csv.parent / "evaluate.json").is_file():
         try:
             info = json.loads((csv.parent / "evaluate.json").read_text())
         except (OSError, json.JSONDecodeError):
             info = {}
-    parts = []
+    lines = []
     if info.get("features"):
         desc = info.get("features_description")
-        parts.append(f"{info['features']} feature space" + (f" ({desc})" if desc else ""))
+        lines.append(f"feature space: {info['features']}" + (f" = {desc}" if desc else ""))
     ns = sorted({int(n) for n in df["num_samples"].dropna()}) if "num_samples" in df else []
-    if ns:
-        parts.append(f"n = {ns[0]} samples per point" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]} samples per point")
-    if info.get("ref"):
-        parts.append(f"reference: {Path(info['ref']).name}, {info.get('ref_images', '?')} images")
-    return "; ".join(parts)
+    sample = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}" if ns else ""
+    ref = f"reference: {Path(info['ref']).name} ({info.get('ref_images', '?')} images)" if info.get("ref") else ""
+    lines.append("; ".join(x for x in (sample and f"{sample} samples per point", ref) if x))
+    return [x for x in lines if x]
 
 
-def _title(ax, title: str, ctx: str) -> None:
+def _title(ax, title: str, ctx: list[str]) -> None:
     import textwrap
 
-    ax.set_title(title + ("\n" + "\n".join(textwrap.wrap(ctx, 95)) if ctx else ""), fontsize=9)
+    wrapped = [w for line in ctx for w in textwrap.wrap(line, 110)]
+    ax.set_title("\n".join([title, *wrapped]), fontsize=9)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, ax, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -120,7 +123,7 @@ def _with_base_steps(df):
     return df.assign(_base_steps=int(base.iloc[0]) if len(base) else None)
 
 
-def _vs_compute(has, metric: str, path: Path, ctx: str) -> Path:
+def _vs_compute(has, metric: str, path: Path, ctx: list[str]) -> Path:
     """`metric` vs compute %: fewer-steps baseline points and front, flex points and front over them."""
     import matplotlib.pyplot as plt
 
@@ -128,47 +131,57 @@ def _vs_compute(has, metric: str, path: Path, ctx: str) -> Path:
     recs = has.to_dict("records")
     base = has[[is_baseline(r) for r in recs]]
     flex = has[[not fewer_steps(r) for r in recs]]  # the base all-powerful row anchors both fronts
-    fig, ax = plt.subplots(figsize=(7.2, 5.0))
+    fig, ax = plt.subplots(figsize=(9.6, 5.0))
     if not base.empty:
-        ax.scatter(100 * base["compute_fraction"], base[metric], marker="s", s=34, facecolors="none",
+        ax.scatter(_dodged(base, sorted(has["cfg_scale"].dropna().unique())), base[metric], marker="s", s=34,
+                   facecolors="none",
                    edgecolors=BASE_POINTS, linewidths=1.2, label="fewer steps, all powerful (each CFG scale)", zorder=2)
         bf = _front(base, metric)
         ax.plot(100 * bf["compute_fraction"], bf[metric], "--s", color=BASE_FRONT, ms=6, lw=1.4,
                 label="fewer-steps baseline front", zorder=3)
-        _annotate(ax, bf, metric, BASE_FRONT, below=True)
+        _annotate(ax, bf, metric, BASE_FRONT, below=metric == "fid")
     pts = flex[[not is_baseline(r) for r in flex.to_dict("records")]]
-    cfgs = sorted(pts["cfg_scale"].dropna().unique())
-    for i, c in enumerate(cfgs):
-        g = pts[pts["cfg_scale"] == c]
-        ax.scatter(100 * g["compute_fraction"], g[metric], color=PALETTE[i % len(PALETTE)], s=30, alpha=0.9,
-                   edgecolors="white", linewidths=0.5, label=f"flex schedule, CFG {c:g}", zorder=4)
-    rest = pts[pts["cfg_scale"].isna()]
-    if not rest.empty:
-        ax.scatter(100 * rest["compute_fraction"], rest[metric], color="#555555", s=30, label="no CFG recorded",
-                   zorder=4)
+    cfgs = sorted(has["cfg_scale"].dropna().unique())
+    for (weak, c), g in pts.groupby([pts["guidance"].fillna("") == "weak", pts["cfg_scale"].fillna(-1)]):
+        colour = PALETTE[cfgs.index(c) % len(PALETTE)] if c in cfgs else "#555555"
+        name = "flex schedule" + (f", CFG {c:g}" if c in cfgs else ", no CFG recorded")
+        ax.scatter(_dodged(g, cfgs), g[metric], color=colour, marker="^" if weak else "o", s=32, alpha=0.9,
+                   edgecolors="white", linewidths=0.5, label=name + (", weak guidance" if weak else ""), zorder=4)
     if not flex.empty:
         ff = _front(flex, metric)
         ax.plot(100 * ff["compute_fraction"], ff[metric], "-o", color=FLEX_FRONT, mfc="none", ms=10, lw=1.6,
                 label="flex front", zorder=5)
-        _annotate(ax, ff[[not is_baseline(r) for r in ff.to_dict("records")]], metric, FLEX_FRONT, below=False)
+        _annotate(ax, ff[[not is_baseline(r) for r in ff.to_dict("records")]], metric, FLEX_FRONT,
+                  below=metric != "fid")
     name, better = METRICS[metric]
     ax.set_xlabel("compute (% of the FLOPs of the all-powerful run at the base step count)")
     ax.set_ylabel(f"{name} ({better})")
     ax.set_xlim(0, 105)
     top = float(has[metric].max())
     ax.set_ylim(0, 1.0 if metric == "class_accuracy" else top * 1.12 if top > 0 else 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right" if metric == "class_accuracy" else "lower left")
     _title(ax, f"{name} vs compute: flex schedules against fewer powerful steps", ctx)
-    return _save(fig, path)
+    return _save(fig, ax, path)
+
+
+def _dodged(g, cfgs: list) -> list[float]:
+    """Compute % of each row, spread by 0.6 % per CFG scale around its value so that equal points stay visible."""
+    k = len(cfgs)
+    return [100 * r["compute_fraction"] + (0.6 * (cfgs.index(r["cfg_scale"]) - (k - 1) / 2) if r["cfg_scale"] in cfgs
+                                           else 0.0) for r in g.to_dict("records")]
 
 
 def _annotate(ax, rows, metric: str, color: str, below: bool) -> None:
-    """Label front points, alternating offsets so that neighbours do not overlap."""
-    for k, (_, r) in enumerate(rows.iterrows()):
-        dy = (-13 - 8 * (k % 2)) if below else (7 + 8 * (k % 2))
-        ax.annotate(_setting(r), (100 * r["compute_fraction"], r[metric]), textcoords="offset points",
-                    xytext=(4, dy), fontsize=7, color=color)
+    """Label front points once per place, alternating offsets so that neighbours do not overlap."""
+    seen = set()
+    for _, r in rows.iterrows():
+        text = _setting(r) + (", weak guidance" if r.get("guidance") == "weak" else "")
+        key = (round(r["compute_fraction"], 4), text)
+        if key in seen:
+            continue
+        dy = (-13 - 8 * (len(seen) % 2)) if below else (7 + 8 * (len(seen) % 2))
+        seen.add(key)
+        ax.annotate(text, (100 * r["compute_fraction"], r[metric]), textcoords="offset points", xytext=(4, dy),
+                    fontsize=7, color=color)
 
 
 def _per_setting(rows, x: str, path: Path, xlabel: str, title: str, ctx: str) -> Path:
@@ -177,9 +190,10 @@ def _per_setting(rows, x: str, path: Path, xlabel: str, title: str, ctx: str) ->
     import pandas as pd
 
     rows = _with_base_steps(rows)
-    rows = rows.assign(_setting=[_setting(r) for _, r in rows.iterrows()])
+    rows = rows.assign(_setting=[_setting(r) + (", weak guidance" if r.get("guidance") == "weak" else "")
+                                 for _, r in rows.iterrows()])
     groups = sorted(rows.groupby("_setting", sort=False), key=lambda t: -t[1]["compute_fraction"].max())
-    fig, ax = plt.subplots(figsize=(7.2, 5.0))
+    fig, ax = plt.subplots(figsize=(9.6, 5.0))
     for i, (name, g) in enumerate(groups):
         g = g.sort_values("cfg_scale")
         dashed = any(fewer_steps(r) for r in g.to_dict("records"))
@@ -193,7 +207,5 @@ def _per_setting(rows, x: str, path: Path, xlabel: str, title: str, ctx: str) ->
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (lower is better)")
     ax.set_ylim(0, max(1.0, float(rows["fid"].max()) * 1.12))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
     _title(ax, title, ctx)
-    return _save(fig, path)
+    return _save(fig, ax, path)
