@@ -73,7 +73,8 @@ def sweep_settings(schedules: list[str], steps: int, baseline_steps: list[int] |
         out += [(f"{n}/{n}", n) for n in [steps, *baseline_steps]]
     for sched, n in out:
         if not 1 <= n <= 1000:
-            raise FlexcliError(f"step count {n} (schedule '{sched}') is not in 1..1000", "e.g. --baseline-steps 40,30,20")
+            raise FlexcliError(f"step count {n} (schedule '{sched}') is not in 1..1000",
+                               "e.g. --baseline-steps 40,30,20")
         parse_schedule(sched, n, 1, 2)  # counts and segment lengths fit the step count
     return list(dict.fromkeys(out))
 

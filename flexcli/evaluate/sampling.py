@@ -2,8 +2,9 @@
 -> run_dir`.
 
 Every call uses the same seeds (seed, seed + 1, ...) and labels, so the combinations differ only in schedule,
-step count (`steps`, default: the one given here) and guidance scale. Other sampling settings (solver, VAE, batch size, ...) come from `options`, which take
-flexcli.sampling.SampleConfig field names (defaults < recipe < options).
+step count (`steps`, default: the one given here) and guidance scale. Other sampling settings (solver, VAE,
+batch size, ...) come from `options`, which take flexcli.sampling.SampleConfig field names (defaults < recipe <
+options).
 """
 from __future__ import annotations
 
