@@ -104,8 +104,8 @@ def test_demo_writes_progress_lines_to_a_log_while_it_runs(tmp_path):
     elapsed, ETA), and they are in the log before the job ends; the summary goes to stdout."""
     (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
     log, stdout = tmp_path / "log", tmp_path / "stdout"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("FLEXCLI_PROGRESS_INTERVAL", "FORCE_COLOR", "FORCE_TERMINAL", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    tty = ("FLEXCLI_PROGRESS_INTERVAL", "FORCE_COLOR", "FORCE_TERMINAL", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+    env = {k: v for k, v in os.environ.items() if k not in tty}
     cmd = [sys.executable, "-m", "flexcli", "demo", "--quick", "--recipe", str(tmp_path / "tiny.yaml"),
            "--out", str(tmp_path / "demo")]
     with open(log, "w") as err, open(stdout, "w") as out:
