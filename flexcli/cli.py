@@ -18,7 +18,8 @@ from flexcli.commands.sample import sample
 # Help is plain text (rich_markup_mode=None): rich would read "[default: x]" in a help string as markup and drop
 # it, and would show <bool> beside flags. Enumerated options list their choices in their metavar.
 app = typer.Typer(help="Flexible-patch Diffusion Transformers (FlexiDiT): convert, inspect and benchmark DiTs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None,
+                  context_settings={"max_content_width": 120})  # as wide as the terminal, up to 120 columns
 
 
 def short_help(fn) -> str:
