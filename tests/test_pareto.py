@@ -147,3 +147,23 @@ def test_baseline_plots_from_csv(tmp_path):
     files, notes = plot_pareto_csv(tmp_path / "pareto.csv", tmp_path)
     assert [f.name for f in files] == ["fid_vs_compute.png", "accuracy_vs_compute.png", "fid_vs_cfg.png"]
     assert all(f.stat().st_size > 10_000 for f in files)
+
+
+def test_demo_spread_table_over_seeds(tmp_path, capsys):
+    """benchmarks/demo_spread.py: the README's expected demo numbers, mean ± sd over demo runs of several seeds."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_spread.py"
+    spec = importlib.util.spec_from_file_location("demo_spread", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for seed, shift in ((0, 0.0), (1, 2.0)):
+        (tmp_path / f"d{seed}").mkdir()
+        rows = [{**r, "fid": r["fid"] + shift} for r in _with_baseline()]
+        write_pareto_csv(rows, tmp_path / f"d{seed}" / "pareto.csv")
+    (tmp_path / "d0" / "config.yaml").write_text("compare_compute: 0.6\n")
+    mod.main([str(tmp_path / "d0"), str(tmp_path / "d1")])
+    out = capsys.readouterr().out
+    assert "| fewer steps: 30 steps all powerful, cfg 2.5 | 60.0 | 130.6 ± 1.4 | 0.780 ± 0.000 | 2 |" in out
+    assert "- flex: schedule 30/15 of 50 steps, weak guidance, cfg 4: FID 97.6 ± 1.4" in out
