@@ -1,4 +1,5 @@
-"""Evaluate sample sets (or sweep schedules x guidance scales through a sampler) into pareto.csv and plots."""
+"""Evaluate sample sets (or sweep schedules and fewer-steps baselines x guidance scales through a sampler) into
+pareto.csv and plots. Compute is always relative to the all-powerful run at the base step count."""
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from flexcli.metrics.fid import (MetricOptions, check_options, compute_metrics, 
                                  ref_cache_name)
 from flexcli.metrics.images import check_same_size, open_images
 
-# sample_fn(schedule, cfg_scale, run_dir) -> run_dir holding samples.npz (or images) and run.json.
-SampleFn = Callable[[str, float, Path], Path]
+# sample_fn(schedule, cfg_scale, run_dir[, steps=N]) -> run_dir holding samples.npz (or images) and run.json.
+SampleFn = Callable[..., Path]
 
 
 @dataclass
@@ -38,9 +39,9 @@ class EvalResult:
 
 
 def schedule_costs(ckpt: Path, steps: int) -> Callable[[str, int | None], tuple[float, float]]:
-    """(schedule, its step count or None for `steps`) -> (FLOPs per sample, fraction of the all-powerful cost at
-    `steps`, the base step count) for a checkpoint's first weak size, with guidance on and separate passes: the
-    exact compute model (`flexcli.compute`), as `flexcli sample` counts."""
+    """(schedule, its step count or None for `steps`) -> (FLOPs per sample, fraction of the cost of the all-powerful
+    run at `steps`, the base step count) for a checkpoint's first weak size, with guidance on and separate passes:
+    the exact compute model (`flexcli.compute`), as `flexcli sample` counts."""
     from flexcli.api import load_model
     from flexcli.compute import model_step_cost
     from flexcli.diffusion.schedule import parse_schedule, schedule_cost
