@@ -70,7 +70,7 @@ def _clock(seconds: float) -> str:
 
 class PlainProgress:
     """The part of rich's Progress that flexcli uses (add_task, update, start, stop, console, `with`), written as
-    plain lines on stderr for logs: `[12:01:05] distill 120/1000 (12%) elapsed 0:01:05 ETA 0:07:56 loss=0.0123`.
+    plain lines on stderr for logs: `[12:01:05] distill 120/1000 (12%) elapsed 0:01:05 ETA 0:07:56 1.85 it/s`.
 
     A task prints on its first update, then at most every `interval` seconds (10; FLEXCLI_PROGRESS_INTERVAL), and
     once when it completes. Adding a task prints nothing, so an error before any progress stays one line."""
@@ -130,5 +130,7 @@ class PlainProgress:
         rate = (done - t["start_done"]) / elapsed if elapsed > 0 else 0
         if total and rate > 0 and done < total:
             text += f" ETA {_clock((total - done) / rate)}"
+        if rate > 0:
+            text += f" {rate:.3g} it/s"
         extra = [str(v) if k == "info" else f"{k}={v}" for k, v in t["fields"].items() if v not in ("", None)]
         log(" ".join([text, *extra]))

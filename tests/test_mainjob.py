@@ -96,7 +96,7 @@ cfg_scales: [2.0]
 batch_size: 10
 """
 LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] (?P<stage>.+?) (?P<done>\d+)/(?P<total>\d+) \(\d+%\) "
-                  r"elapsed \d+:\d\d:\d\d( ETA \d+:\d\d:\d\d)?$")
+                  r"elapsed \d+:\d\d:\d\d( ETA \d+:\d\d:\d\d)?( [\d.e+-]+ it/s)?$")
 
 
 def test_demo_writes_progress_lines_to_a_log_while_it_runs(tmp_path):

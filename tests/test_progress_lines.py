@@ -22,7 +22,7 @@ def test_plain_progress_is_throttled_and_says_stage_done_total_elapsed_eta(monke
         bar.update(task, completed=step, loss=f"{1 / step:.3f}")
     lines = _lines(capsys)
     pat = re.compile(r"^\[\d\d:\d\d:\d\d\] distill weak mode (\d+)/100 \(\d+%\) elapsed (\d+:\d\d:\d\d)"
-                     r"( ETA (\d+:\d\d:\d\d))? loss=\S+$")
+                     r"( ETA (\d+:\d\d:\d\d))? [\d.]+ it/s loss=\S+$")
     assert all(pat.match(x) for x in lines), lines
     done = [int(pat.match(x)[1]) for x in lines]
     assert done == [1, 21, 41, 61, 81, 100]  # the first update, then every 10 s (20 steps), then the end
