@@ -41,8 +41,9 @@ def build_model(ckpt: Checkpoint):
     if ckpt.flex:
         f = ckpt.flex
         lora = f.get("lora") or {}
+        targets = tuple(lora["targets"]) if lora.get("targets") else None
         flexify_model(model, [p for p in f["patch_sizes"] if p != f["base_patch_size"]], f["mode"],
-                      lora.get("rank", 32), lora.get("alpha"))
+                      lora.get("rank", 32), lora.get("alpha"), lora_targets=targets)
         _load(model, ckpt)
     return model.eval()
 
@@ -83,8 +84,11 @@ def validate_weak_patches(config, weak_patches: list[int]) -> list[int]:
 
 def flexify_checkpoint(src: str | Path, weak_patches: list[int], out: str | Path | None = None, *,
                        mode: str = "lora", lora_rank: int = 32, lora_alpha: float | None = None,
-                       use_ema: bool = True, force: bool = False) -> tuple[Path, FlexModel, Checkpoint]:
-    """Read `src`, add the weak patch sizes and write one flexcli .safetensors file (atomically)."""
+                       use_ema: bool = True, force: bool = False,
+                       lora_groups: tuple[str, ...] = ()) -> tuple[Path, FlexModel, Checkpoint]:
+    """Read `src`, add the weak patch sizes and write one flexcli .safetensors file (atomically).
+
+    `lora_groups` adds the family's opt-in LoRA targets (PixArt: ("cross_attn",), `--lora-cross-attn`)."""
     from flexcli.io.atomic import check_output
 
     src = Path(src)
@@ -100,7 +104,14 @@ def flexify_checkpoint(src: str | Path, weak_patches: list[int], out: str | Path
                            "pass the original (not flexified) checkpoint")
     weak = validate_weak_patches(ckpt.config, weak_patches)
     model = build_model(ckpt)
-    flexify_model(model, weak, mode, lora_rank, lora_alpha)
+    spec = model.flex_spec
+    unknown = [g for g in lora_groups if g not in spec.optional_lora_targets]
+    if unknown:
+        raise FlexcliError(f"a {NAMES.get(ckpt.family, ckpt.family)} has no {unknown[0].replace('_', '-')} layers "
+                           f"to put LoRAs on", "drop the option (it applies to text-to-image checkpoints)")
+    if lora_groups and mode != "lora":
+        raise FlexcliError(f"--lora-{lora_groups[0].replace('_', '-')} needs --mode lora", "drop it or use --mode lora")
+    flexify_model(model, weak, mode, lora_rank, lora_alpha, lora_targets=spec.targets(tuple(lora_groups)))
     source = {"file": str(src.name), "sha256": file_sha256(src), "layout": ckpt.layout}
     save_checkpoint(model, out, {"source": source, "inferred": ckpt.inferred})
     return out, model, ckpt
@@ -133,10 +144,20 @@ def describe(path: str | Path) -> dict:
             merged = model_cost(model, p, merged=True)
             row.update(gmacs_merged=merged.gmacs, gflops_merged=merged.gflops)
         rows.append(row)
-    return {"path": str(path), "layout": ckpt.layout, "config": ckpt.config.to_dict(), "inferred": ckpt.inferred,
+    return {"path": str(path), "family": ckpt.family, "layout": ckpt.layout, "config": ckpt.config.to_dict(),
+            "text": text_info(model), "inferred": ckpt.inferred,
             "flex": flex, "patch_sizes": model.patch_sizes, "params": {"base": base, "added": extra},
             "cost": rows, "flops_convention": "per sample, one forward pass; GFLOPs = 2 x GMACs; matmuls only",
             "source": ckpt.metadata.get("source"), "flexcli_version": __version__}
+
+
+def text_info(model) -> dict | None:
+    """A text family's conditioning: caption width, caption tokens (cross-attention keys) and its null caption."""
+    width = getattr(model, "text_width", None)
+    if width is None:
+        return None
+    null = "learned y_embedding" if getattr(model, "y_embedding", None) is not None else "encoded negative prompt"
+    return {"width": width, "tokens": model.config.model_max_length, "null_caption": null}
 
 
 def export_loras(path: str | Path, out: str | Path, force: bool = False) -> list[Path]:

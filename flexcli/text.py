@@ -151,6 +151,19 @@ def _encoder_folders(path: Path) -> tuple[Path, Path]:
 
 
 def _load(model_cls, model_dir: Path, tok_dir: Path, dtype: torch.dtype):
+    """Tokenizer and model, quietly (transformers' loading progress bar is switched off meanwhile)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return _load_quietly(model_cls, model_dir, tok_dir, dtype)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load_quietly(model_cls, model_dir: Path, tok_dir: Path, dtype: torch.dtype):
     from transformers import AutoTokenizer
 
     try:

@@ -28,12 +28,15 @@ COMMANDS = dict(_walk(typer.main.get_command(app)))
 
 def _enums() -> dict:
     """(command, option) -> the choices the library accepts."""
-    from flexcli.diffusion.samplers import SOLVERS
+    from flexcli.diffusion.samplers import SOLVERS as DIT_SOLVERS
+    from flexcli.diffusion.t2i_solvers import T2I_SOLVERS
     from flexcli.diffusion.schedule import GUIDANCE_MODES, ORDERS
     from flexcli.flex.core import MODES
     from flexcli.profiling.latency import DTYPES as PROFILE_DTYPES
     from flexcli.sampling.config import DTYPES, PACKING
     from flexcli.train.config import PRECISIONS, TIMESTEP_SAMPLING
+
+    SOLVERS = DIT_SOLVERS + tuple(T2I_SOLVERS)  # what flexcli.sampling.config.validate accepts
 
     return {("sample", "--solver"): SOLVERS, ("sample", "--guidance"): GUIDANCE_MODES,
             ("sample", "--order"): ORDERS, ("sample", "--packing"): PACKING, ("sample", "--dtype"): tuple(DTYPES),

@@ -60,3 +60,17 @@ def test_packed_flops():
     extra = cfg.depth * 2 * cfg.hidden_size * ((256 + 64) ** 2 - 256 ** 2 - 64 ** 2)
     assert dense.macs == sep + extra and dense.tokens == 320
     assert packed_forward_cost(cfg, [2, 4], batch=3).macs == 3 * dense.macs
+
+
+def test_packed_forward_runs_the_models_own_blocks():
+    """A packed pass goes through the very block objects of the plain pass (no re-implemented block): each
+    block is called once, on the packed sequence (sum of both segments' tokens)."""
+    model = _flex("lora")
+    calls = []
+    hooks = [b.register_forward_hook(lambda m, args, out: calls.append((id(m), args[0].shape[1])))
+             for b in model.blocks]
+    x, t, y = inputs(model.config, n=2)
+    forward_packed(model, [(x, t, y, 2), (x, t, y, 4)])
+    for h in hooks:
+        h.remove()
+    assert calls == [(id(b), 64 + 16) for b in model.blocks]

@@ -42,8 +42,9 @@ def distill(
     checkpoint: Path = typer.Argument(..., help="A flexified checkpoint (flexcli flexify)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: <stem>-distill beside the input)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Recipe YAML, e.g. recipes/distill/tiny_cpu.yaml."),
-    data: Optional[str] = typer.Option(None, help="fashion-mnist[:split], a latent shard (.safetensors/.npz) or a folder."),
+    data: Optional[str] = typer.Option(None, help="fashion-mnist[:split], a latent shard (.safetensors/.npz) or a folder (text-to-image: images + metadata.jsonl, or shards with prompt_embeds)."),
     vae: Optional[str] = typer.Option(None, help="Local diffusers AutoencoderKL folder, to encode an image folder."),
+    text_encoder: Optional[str] = typer.Option(None, help="Text-to-image: a local T5 (or pipeline) folder, or minilm, to encode the captions."),
     eval_data: Optional[str] = typer.Option(None, help="Held-out data: weak-vs-powerful error before and after."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps in total."),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size (all processes, all accumulation steps)."),
@@ -71,7 +72,7 @@ def distill(
     Writes OUT/distilled.safetensors (stdout), the resolved config.yaml, loss.csv, loss.png and state.pt.
     Multi-GPU: torchrun --nproc_per_node N -m flexcli.cli distill ...
     """
-    overrides = dict(data=data, vae=vae, eval_data=eval_data, steps=steps, batch_size=batch_size,
+    overrides = dict(data=data, vae=vae, text_encoder=text_encoder, eval_data=eval_data, steps=steps, batch_size=batch_size,
                      grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
                      ema_decay=ema_decay, patch_sizes=patch_size or None, timesteps=timesteps,
                      sigma_weight=sigma_weight, distill_weight=distill_weight, mmd_weight=mmd_weight,

@@ -22,13 +22,18 @@ def info(
             result(json.dumps(d, indent=2))
             return
         c = d["config"]
-        lines = [f"checkpoint: {d['path']}", f"layout: {d['layout']}",
+        lines = [f"checkpoint: {d['path']}", f"family: {d['family']}", f"layout: {d['layout']}",
                  "config: " + ", ".join(f"{k}={v}" for k, v in c.items())]
         guessed = {k: v for k, v in d["inferred"].items() if not v.startswith(("tensors", "metadata"))}
         if guessed:
             lines.append("inferred, not from tensors: " + ", ".join(f"{k} ({v})" for k, v in guessed.items()))
+        if d["text"]:
+            t = d["text"]
+            budget = ", ".join(f"p={r['patch_size']}: {r['tokens']}" for r in d["cost"])
+            lines.append(f"text: width {t['width']}, {t['tokens']} caption tokens, null caption: {t['null_caption']}")
+            lines.append(f"token budget: image tokens {budget}; + {t['tokens']} caption tokens (cross-attention keys)")
         flex = d["flex"]
-        lines.append(f"mode: {flex['mode'] if flex else 'plain DiT'}")
+        lines.append(f"mode: {flex['mode'] if flex else 'plain ' + d['family']}")
         if flex and flex.get("lora"):
             lines.append(f"lora: rank {flex['lora']['rank']}, alpha {flex['lora']['alpha']}, on {', '.join(flex['lora']['targets'])}")
         lines.append(f"patch sizes: {', '.join(map(str, d['patch_sizes']))} (pretrained {c['patch_size']})")

@@ -33,7 +33,7 @@ def profile(
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     schedules: Optional[str] = typer.Option(None, "--schedules", help="Profile whole sampling runs instead: patch schedules as for flexcli sample, e.g. 250/250,130/130,70/70 (';' separates schedules that contain commas); each with both packing options."),
     steps: Optional[int] = typer.Option(None, help="With --schedules: sampling steps (default: 250)."),
-    solver: Optional[str] = typer.Option(None, metavar="<ddpm|ddim|dpm++2m>", help="With --schedules: ddpm, ddim or dpm++2m (default: ddpm)."),
+    solver: Optional[str] = typer.Option(None, metavar="<ddpm|ddim|dpm++2m|iddpm|dpm-solver|sa-solver>", help="With --schedules: the solver, as for flexcli sample (default: ddpm)."),
     cfg_scale: Optional[float] = typer.Option(None, help="With --schedules: guidance scale; 1 disables guidance (default: 4.0)."),
     weak_patch: Optional[int] = typer.Option(None, help="With --schedules: the weak patch size of x/y schedules; for --model, the size the random model is flexified with in memory (LoRA mode) (default: twice the base)."),
     merge_lora: bool = typer.Option(False, "--merge-lora", help="With --schedules on a LoRA FlexiDiT: profile the LoRAs merged as well as unmerged."),

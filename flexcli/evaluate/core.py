@@ -13,6 +13,7 @@ from typing import Callable
 from flexcli.errors import FlexcliError
 from flexcli.evaluate.pareto import pick_budget, read_pareto_csv, write_pareto_csv
 from flexcli.evaluate.runs import SampleSet, latency_ratios, resolve_samples, schedule_dirname
+from flexcli.evaluate.t2i import MatchOptions, write_match_table
 from flexcli.io.atomic import atomic_dir, check_output
 from flexcli.metrics.fid import (MetricOptions, check_options, compute_metrics, feature_spec, file_sha256,
                                  ref_cache_name)
@@ -27,6 +28,7 @@ class ClipOptions:
     weights: Path | None = None
     model: str = "ViT-L-14"
     prompts: Path | None = None  # one prompt per line, in sample order (run.json "prompts" wins)
+    match: MatchOptions = field(default_factory=MatchOptions)  # the Fig. 7 (middle) table, with CLIP scores
 
 
 @dataclass
@@ -168,7 +170,7 @@ def _evaluate_into(folder: Path, sets: list[SampleSet], ref_path: Path, opts: Me
     latency_ratios(rows)
     config = _config(ref_path, ref, opts, spec, clip if clip_model else None, ckpt, base)
     (folder / "evaluate.json").write_text(json.dumps(config, indent=2) + "\n")
-    return _write(folder, rows)
+    return _write(folder, rows, clip.match if clip_model is not None else None)
 
 
 def _config(ref_path: Path, ref, opts: MetricOptions, spec, clip: ClipOptions | None, ckpt: Path | None,
@@ -181,7 +183,7 @@ def _config(ref_path: Path, ref, opts: MetricOptions, spec, clip: ClipOptions | 
             "inception_sha256": file_sha256(Path(opts.inception_weights)) if spec.needs_inception_weights else None,
             "metrics": list(opts.metrics), "kid_subset_size": opts.kid_subset_size, "kid_subsets": opts.kid_subsets,
             "prc_neighborhood": opts.prc_neighborhood, "clip_model": clip.model if clip else None,
-            "checkpoint": str(ckpt) if ckpt else None, "steps": base,
+            "t2i_match": vars(clip.match) if clip else None, "checkpoint": str(ckpt) if ckpt else None, "steps": base,
             "compute_convention": f"FLOPs of the denoiser per sample relative to the all-powerful schedule at {base} "
                                   "steps, classifier-free guidance on (2 passes per step)",
             "class_accuracy": "share of samples that the feature extractor's classifier assigns to their requested "
@@ -189,13 +191,17 @@ def _config(ref_path: Path, ref, opts: MetricOptions, spec, clip: ClipOptions | 
             "versions": _versions()}
 
 
-def _write(folder: Path, rows: list[dict]) -> EvalResult:
-    """pareto.csv and the plots drawn from it (and from evaluate.json, written before)."""
+def _write(folder: Path, rows: list[dict], match: MatchOptions | None = None) -> EvalResult:
+    """pareto.csv and the plots drawn from it (and from evaluate.json, written before); with CLIP scores
+    (`match` given) the text-to-image baseline-matching table and its FID-vs-CLIP curves too."""
     from flexcli.evaluate.plots import plot_pareto_csv
 
     csv = folder / "pareto.csv"
     write_pareto_csv(rows, csv)
     files, notes = plot_pareto_csv(csv, folder)
+    if match is not None:
+        more, more_notes = write_match_table(read_pareto_csv(csv), folder, match)
+        files, notes = files + more, notes + more_notes
     return EvalResult(folder, read_pareto_csv(csv), [csv, *files, folder / "evaluate.json"], notes=notes)
 
 

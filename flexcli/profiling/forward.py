@@ -41,7 +41,7 @@ from flexcli.models.configs import DiTConfig
 from flexcli.models.dit import DiT
 from flexcli.profiling import latency as lat
 from flexcli.profiling.spec import (COMPILE_WARMUP, DEFAULT_REPEATS, ProfileSpec, Shape, _cost_fields, _param_stats,
-                                    parse_latent, plan_shapes, random_config, random_model)
+                                    parse_latent, plan_shapes, random_condition, random_config, random_model)
 
 
 class _Variant:
@@ -136,7 +136,8 @@ def _time_row(spec: ProfileSpec, variant: _Variant, model: DiT, shape: Shape, de
     g = torch.Generator().manual_seed(spec.seed + 1)
     x = torch.randn(spec.batch, cfg.in_channels, shape.height, shape.width, generator=g).to(device, torch_dtype)
     t = torch.randint(0, 1000, (spec.batch,), generator=g).to(device)
-    y = torch.randint(0, cfg.num_classes, (spec.batch,), generator=g).to(device)
+    y = random_condition(cfg, spec.batch, g)
+    y = y.to(device) if isinstance(y, torch.Tensor) else type(y)(y.embeds.to(device, torch_dtype), y.mask.to(device))
     p = shape.patch_size
     warmup = max(spec.warmup, COMPILE_WARMUP) if spec.compile else spec.warmup
     repeats = spec.repeats or DEFAULT_REPEATS

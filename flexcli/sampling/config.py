@@ -10,6 +10,7 @@ import torch
 
 from flexcli.diffusion import schedule as G
 from flexcli.diffusion.samplers import SOLVERS
+from flexcli.diffusion.t2i_solvers import T2I_SOLVERS
 from flexcli.diffusion.schedule import ORDERS
 from flexcli import config
 from flexcli.errors import FlexcliError
@@ -60,8 +61,12 @@ class SampleConfig:
 def resolve_config(cli: dict, recipe: str | Path | None = None) -> SampleConfig:
     """defaults < recipe < CLI flags (`cli` holds only the flags actually given, i.e. not None), through the one
     resolver (`flexcli.config`): one way to choose the schedule per level; `out` and `force` are flags only."""
-    return config.resolve(SampleConfig, recipe, cli, exclusive=[SCHEDULE_KEYS], flag_only=("out", "force"),
-                          validate=lambda cfg, where: validate(cfg))
+    cfg = config.resolve(SampleConfig, recipe, cli, exclusive=[SCHEDULE_KEYS], flag_only=("out", "force"),
+                         validate=lambda cfg, where: validate(cfg))
+    given = cli.get("steps") is not None or (recipe is not None and "steps" in config.read_recipe(recipe))
+    if cfg.solver in T2I_SOLVERS and not given:  # PixArt's protocol: iDDPM 100, DPM-Solver 20, SA-Solver 25 steps
+        cfg.steps = T2I_SOLVERS[cfg.solver]
+    return cfg
 
 
 def validate(cfg: SampleConfig) -> None:
@@ -73,7 +78,8 @@ def validate(cfg: SampleConfig) -> None:
          "pass --num-samples 1 or more")
     need(isinstance(cfg.steps, int) and 1 <= cfg.steps <= 1000, f"--steps {cfg.steps} is not in 1..1000",
          "e.g. --steps 250")
-    need(cfg.solver in SOLVERS, f"unknown solver '{cfg.solver}'", f"use one of: {', '.join(SOLVERS)}")
+    need(cfg.solver in SOLVERS + tuple(T2I_SOLVERS), f"unknown solver '{cfg.solver}'",
+         f"use one of: {', '.join(SOLVERS + tuple(T2I_SOLVERS))}")
     need(cfg.guidance in G.GUIDANCE_MODES, f"unknown guidance '{cfg.guidance}'", "use weak or cfg")
     need(cfg.order in ORDERS, f"unknown order '{cfg.order}'", f"use one of: {', '.join(ORDERS)}")
     need(cfg.packing in PACKING, f"unknown packing '{cfg.packing}'", f"use one of: {', '.join(PACKING)}")

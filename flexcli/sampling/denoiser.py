@@ -10,6 +10,7 @@ import torch
 
 from flexcli.diffusion import schedule as G
 from flexcli.diffusion.samplers import make_generators, per_sample_noise, run_solver
+from flexcli.diffusion.t2i_solvers import T2I_SOLVERS, run_t2i_solver
 from flexcli.io.samples import decode, to_uint8
 from flexcli.sampling.config import DTYPES, SampleConfig
 from flexcli.sampling.outputs import run_record
@@ -68,8 +69,12 @@ def sample_latents(model, cfg: SampleConfig, plan: Plan, indices: list[int], dev
                 progress({"samples_done": done_offset + _s + (_n if step == total - 1 else 0), "batch": _n,
                           "step": step + 1, "steps": total, "t": info["t"],
                           "compute_fraction": cum[step] / ((step + 1) * plan.baseline_step_macs)})
-        out.append(run_solver(cfg.solver, make_denoiser(model, cfg, plan, y, null), x, plan.diffusion, gens,
-                              eta=cfg.eta, callback=callback).cpu())
+        denoise = make_denoiser(model, cfg, plan, y, null)
+        if cfg.solver in T2I_SOLVERS:
+            out.append(run_t2i_solver(cfg.solver, denoise, x, gens, cfg.steps, callback).cpu())
+        else:
+            out.append(run_solver(cfg.solver, denoise, x, plan.diffusion, gens, eta=cfg.eta,
+                                  callback=callback).cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 

@@ -9,6 +9,7 @@ from flexcli.compute import model_step_cost
 from flexcli.diffusion import schedule as G
 from flexcli.diffusion.process import GaussianDiffusion
 from flexcli.diffusion.samplers import solver_timesteps
+from flexcli.diffusion.t2i_solvers import T2I_SOLVERS, t2i_timesteps
 from flexcli.diffusion.schedule import PatchSchedule, for_compute, from_list, parse_schedule
 from flexcli.errors import FlexcliError
 from flexcli.flex.resize import as_patch
@@ -65,7 +66,10 @@ def make_plan(cfg: SampleConfig, model) -> Plan:
         if any(s % q for s, q in zip(latent[1:], as_patch(p, len(latent) - 1))):
             raise FlexcliError(f"patch size {p} does not divide the {'x'.join(map(str, latent[1:]))} latent",
                                "choose sizes that divide the latent side")
-    timesteps = solver_timesteps(cfg.solver, cfg.steps)
+    if cfg.solver in T2I_SOLVERS:  # PixArt's protocol (App. B.5); the model sees these, noisiest first
+        timesteps = sorted(t2i_timesteps(cfg.solver, cfg.steps))
+    else:
+        timesteps = solver_timesteps(cfg.solver, cfg.steps)
     s2 = cfg.cfg_scale_weak if cfg.cfg_scale_weak is not None else G.linked_weak_scale(cfg.cfg_scale)
     step_macs = [step_cost(c, u if guided else None) for c, u in schedule.pairs()]
     base = step_cost(p0, p0 if guided else None)

@@ -24,13 +24,14 @@ class DistillConfig:
     data: str = "fashion-mnist"  # a built-in set, a latent shard (.safetensors/.npz), or a folder
     data_limit: int | None = None  # use only the first N examples (the paper needs < 5000 images)
     vae: str | None = None  # local diffusers AutoencoderKL folder, for image folders with latent models
+    text_encoder: str | None = None  # text-to-image: a local T5 folder (or pipeline folder) or "minilm", for captions
     eval_data: str | None = None  # held-out data: weak-vs-powerful error reported before and after
     eval_samples: int = 256
     # objective
     mode: str = "auto"  # auto = the checkpoint's flex mode; lora (§3.2 distillation) or shared (§3.1)
     patch_sizes: list[int] | None = None  # sizes to train (lora: weak sizes; shared: any); None = all
     sigma_weight: float = 1.0  # lora: weight of the learned-sigma (variance) channels in the distillation loss
-    label_dropout: float | None = None  # None = the checkpoint's class_dropout_prob
+    label_dropout: float | None = None  # None = the checkpoint's class_dropout_prob (text: caption dropout)
     distill_weight: float = 0.0  # shared: weight of the weak-vs-powerful distillation term
     mmd_weight: float = 0.0  # shared: weight of App. B.1's bootstrapped MMD loss (0 = off)
     mmd_weak_steps: int = 2

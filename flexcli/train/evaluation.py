@@ -12,7 +12,8 @@ from flexcli.train.objectives import distill_terms
 def weak_vs_powerful_error(model, data: TensorData, patch_sizes: list[int] | None = None, samples: int = 256,
                            seed: int = 1234, batch: int = 64) -> dict:
     """Mean squared weak-vs-powerful difference of the eps channels (and the variance channels) on `data`
-    noised at uniform t with fixed noise: {patch: {"eps": ..., "sigma": ...}}. Labels are the real ones."""
+    noised at uniform t with fixed noise: {patch: {"eps": ..., "sigma": ...}}. Labels (or captions) are the
+    real ones."""
     g = torch.Generator().manual_seed(seed)
     diffusion = GaussianDiffusion()
     device = next(model.parameters()).device
@@ -26,7 +27,9 @@ def weak_vs_powerful_error(model, data: TensorData, patch_sizes: list[int] | Non
     model.eval()
     c = data.latents.shape[1]
     for i in range(0, n, batch):
-        x0, y = data.latents[idx[i:i + batch]].to(device), data.labels[idx[i:i + batch]].to(device)
+        rows = idx[i:i + batch]
+        x0 = data.latents[rows].to(device)
+        y = data.conditions(rows).to(device) if hasattr(data, "conditions") else data.labels[rows].to(device)
         tt = t[i:i + batch].to(device)
         x_t = diffusion.q_sample(x0, tt, noise[i:i + batch].to(device))
         ref = model(x_t, tt, y).float()

@@ -257,14 +257,25 @@ def _check_run(model, cfg: DistillConfig, checkpoint: Path, dist) -> tuple[str, 
 
 
 def _load_data(cfg: DistillConfig, model, out_dir: Path, dist):
-    """Training (and held-out) data; the main process encodes (and caches) first, the others read the cache."""
+    """Training (and held-out) data; the main process encodes (and caches) first, the others read the cache.
+    Text-conditional families take images with captions (`flexcli.data.text_data`)."""
+    from flexcli.families import family_of
+
+    text = family_of(model).conditioning == "text"
+    if cfg.text_encoder is not None and not text:
+        raise FlexcliError("--text-encoder given to a class-conditional checkpoint", "drop it (labels come from the data)")
+
+    def load(spec, limit=None):
+        if text:
+            from flexcli.data.text_data import load_text_data
+            return load_text_data(spec, model, cfg.vae, cfg.text_encoder, cache_dir=out_dir / "cache", limit=limit)
+        return load_training_data(spec, model.config, cfg.vae, cache_dir=out_dir / "cache", limit=limit)
+
     data = eval_data = None
     for turn in ("main", "others"):
         if dist.main == (turn == "main"):
-            data = load_training_data(cfg.data, model.config, cfg.vae, cache_dir=out_dir / "cache",
-                                      limit=cfg.data_limit)
-            eval_data = (load_training_data(cfg.eval_data, model.config, cfg.vae, cache_dir=out_dir / "cache")
-                         if cfg.eval_data else None)
+            data = load(cfg.data, cfg.data_limit)
+            eval_data = load(cfg.eval_data) if cfg.eval_data else None
         dist.barrier()
     return data, eval_data
 

@@ -1,6 +1,6 @@
 """One optimisation step of `flexcli distill`, and the state it runs on (model, optimizer, EMA, generator).
 
-Determinism: every random draw of a step (patch size, data order, label dropout, timesteps, noise, the MMD
+Determinism: every random draw of a step (patch size, data order, label or caption dropout, timesteps, noise, the MMD
 chain) comes from one CPU `torch.Generator`, drawn for the *global* batch on every process; each process then
 takes its slice. One process and N processes therefore see the same samples, and a resumed run continues the
 same loss sequence as an uninterrupted one.
@@ -19,10 +19,17 @@ from dataclasses import dataclass
 
 import torch
 
+from flexcli.data.text_data import TextData
 from flexcli.diffusion.process import GaussianDiffusion
+from flexcli.flex.conditions import TextCondition
 from flexcli.train import objectives as obj
 from flexcli.train.config import DistillConfig
 from flexcli.train.state import EMA, DataOrder
+
+
+def rows(y, sl):
+    """Rows `sl` of a batch's conditioning: class labels, or a TextCondition's embeddings and mask."""
+    return TextCondition(y.embeds[sl], y.mask[sl]) if isinstance(y, TextCondition) else y[sl]
 
 
 @dataclass
@@ -79,7 +86,10 @@ class Trainer:
         # One draw for the global batch, identical on every process.
         p = self.sizes[int(torch.randint(len(self.sizes), (), generator=gen))]
         idx = self.order.take(cfg.batch_size)
-        y_all = obj.drop_labels(self.data.labels[idx], self.label_p, self.model.config.num_classes, gen)
+        if isinstance(self.data, TextData):  # caption dropout: the learned or the encoded empty null caption
+            y_all = self.data.dropped(idx, self.label_p, gen, self.model.learned_null_caption())
+        else:
+            y_all = obj.drop_labels(self.data.labels[idx], self.label_p, self.model.config.num_classes, gen)
         t_all = obj.sample_timesteps(cfg.batch_size, gen, cfg.timesteps, cfg.t_bias_power)
         noise_all = torch.randn((cfg.batch_size, *self.data.latents.shape[1:]), generator=gen)
         manual_sync = cfg.mmd_weight > 0 and dist.world > 1
@@ -109,7 +119,7 @@ class Trainer:
         local = micro // dist.world
         lo = a * micro + dist.rank * local
         sl = slice(lo, lo + local)
-        x0, y = self.data.latents[idx[sl]].to(device), y_all[sl].to(device)
+        x0, y = self.data.latents[idx[sl]].to(device), rows(y_all, sl).to(device)
         t, noise = t_all[sl].to(device), noise_all[sl].to(device)
         x_t = self.diffusion.q_sample(x0, t, noise)
         c, base = model.config.in_channels, model.config.patch_size
