@@ -7,22 +7,22 @@ from typing import Optional
 
 import typer
 
-from flexcli.console import err, result, user_errors
+from flexcli.console import err, progress_bar, result, user_errors
 
 
 def _progress():
-    """A rich progress bar (loss, it/s, ETA) on stderr, driven by the training loop's callback."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    """A progress bar (loss, it/s, ETA) on stderr, driven by the training loop's callback (plain lines in a log)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
     from rich.text import Text
 
     class Speed(ProgressColumn):
         def render(self, task):
             return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
 
-    bar = Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                   TextColumn("p={task.fields[patch]}"), Speed(), TimeElapsedColumn(), TextColumn("ETA"),
-                   TimeRemainingColumn(), console=err, transient=False)
+    bar = progress_bar(TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                       TextColumn("p={task.fields[patch]}"), Speed(), TimeElapsedColumn(), TextColumn("ETA"),
+                       TimeRemainingColumn())
     state = {}
 
     def callback(event: str, data) -> None:
@@ -62,13 +62,13 @@ def distill(
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay (0 = off); warmed up by default."),
     patch_size: Optional[list[str]] = typer.Option(None, "--patch-size", "-p", help="Patch size to train (repeatable): 4; video 2,2,2."),
-    timesteps: Optional[str] = typer.Option(None, help="Timestep sampling: uniform or low (biased to small t)."),
+    timesteps: Optional[str] = typer.Option(None, metavar="<uniform|low>", help="Timestep sampling: uniform or low (biased to small t)."),
     sigma_weight: Optional[float] = typer.Option(None, help="LoRA mode: weight of the variance channels."),
     distill_weight: Optional[float] = typer.Option(None, help="Shared mode: weight of the distillation term."),
     mmd_weight: Optional[float] = typer.Option(None, help="Shared mode: weight of the bootstrapped MMD loss (App. B.1)."),
     data_limit: Optional[int] = typer.Option(None, help="Use only the first N training examples."),
     ckpt_every: Optional[int] = typer.Option(None, help="Write the training state every N steps."),
-    precision: Optional[str] = typer.Option(None, help="auto (bf16 autocast on CUDA), fp32 or bf16."),
+    precision: Optional[str] = typer.Option(None, metavar="<auto|fp32|bf16>", help="auto (bf16 autocast on CUDA), fp32 or bf16."),
     seed: Optional[int] = typer.Option(None, help="Seed of every random draw."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out folder."),
