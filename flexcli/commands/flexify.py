@@ -20,7 +20,7 @@ def flexify(
     ema: bool = typer.Option(True, "--ema/--no-ema", help="For train.py checkpoints: take the EMA weights."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
 ) -> None:
-    """Flexify a DiT or a Wan 2.1 video model: new tokenizers (PI-resize), patch-size embeddings and LoRAs per weak size."""
+    """Flexify a DiT, PixArt or Wan 2.1 checkpoint: tokenizers for each weak size (PI resize), size embeddings and LoRAs."""
     with user_errors():
         from flexcli.api import flexify_checkpoint
         from flexcli.flex.patches import label
