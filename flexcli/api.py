@@ -9,6 +9,7 @@ from flexcli.errors import FlexcliError
 from flexcli.families import family, read_checkpoint
 from flexcli.flex.core import MODES, FlexModel, flexify_model
 from flexcli.flex.layers import SizeLayerNorm
+from flexcli.flex.resize import patch_key
 from flexcli.io.checkpoint import Checkpoint, file_sha256, save_checkpoint
 from flexcli.version import __version__
 
@@ -42,8 +43,9 @@ def build_model(ckpt: Checkpoint):
     if ckpt.flex:
         f = ckpt.flex
         lora = f.get("lora") or {}
+        targets = tuple(lora["targets"]) if lora.get("targets") else None
         flexify_model(model, [p for p in f["patch_sizes"] if p != f["base_patch_size"]], f["mode"],
-                      lora.get("rank", 32), lora.get("alpha"))
+                      lora.get("rank", 32), lora.get("alpha"), lora_targets=targets)
         _load(model, ckpt)
     return model.eval()
 
@@ -67,27 +69,43 @@ def default_output(src: Path) -> Path:
     return src.parent / f"{stem}-flex.safetensors"
 
 
-def validate_weak_patches(config, weak_patches: list[int]) -> list[int]:
+def validate_weak_patches(config, weak_patches: list) -> list:
+    """The weak sizes as flexcli names them (ints for square 2-D, tuples for video), checked against the config:
+    the model's number of axes, not the pretrained size, and (images) dividing the latent."""
+    from flexcli.compute import base_patch_of
+    from flexcli.flex.patches import label, parse_patch, volume
+
     if not weak_patches:
-        raise FlexcliError("no weak patch size given", "pass --weak-patch, e.g. --weak-patch 4")
+        raise FlexcliError("no weak patch size given", "pass --weak-patch, e.g. --weak-patch 4 (video: 2,2,2)")
+    base = base_patch_of(config)
     out = []
-    for p in weak_patches:
-        if p == config.patch_size:
-            raise FlexcliError(f"weak patch {p} equals the pretrained patch size",
-                               f"choose a larger patch, e.g. --weak-patch {2 * config.patch_size}")
-        if p <= 0 or config.input_size % p:
+    for raw in weak_patches:
+        p = parse_patch(raw, len(base))
+        if p == config.patch_size or (len(base) == 3 and p == base):
+            raise FlexcliError(f"weak patch {label(p)} equals the pretrained patch size",
+                               f"choose a larger patch, e.g. --weak-patch "
+                               f"{2 * config.patch_size if len(base) == 2 else '2,2,2 or 1,4,4'}")
+        if len(base) == 3:
+            if any(a < b for a, b in zip(p, base)):
+                raise FlexcliError(f"weak patch {label(p)} is smaller than the pretrained {label(base)} along an "
+                                   "axis", "weak sizes are larger patches: e.g. --weak-patch 2,2,2 or 1,4,4")
+        elif config.input_size % p:
             raise FlexcliError(f"weak patch {p} does not divide the {config.input_size}x{config.input_size} latent",
                                "choose a patch size that divides the latent side")
         if p not in out:
             out.append(p)
-    return sorted(out)
+    return sorted(out, key=lambda q: (volume(q), q))
 
 
-def flexify_checkpoint(src: str | Path, weak_patches: list[int], out: str | Path | None = None, *,
+def flexify_checkpoint(src: str | Path, weak_patches: list, out: str | Path | None = None, *,
                        mode: str = "lora", lora_rank: int = 32, lora_alpha: float | None = None,
                        use_ema: bool = True, force: bool = False,
+                       lora_groups: tuple[str, ...] = (),
                        allow_nonfinite: bool = False) -> tuple[Path, FlexModel, Checkpoint]:
-    """Read `src`, add the weak patch sizes and write one flexcli .safetensors file (atomically)."""
+    """Read `src`, add the weak patch sizes and write one flexcli .safetensors file (atomically).
+
+    `lora_groups` adds the family's opt-in LoRA targets (PixArt: ("cross_attn",), `--lora-cross-attn`);
+    `allow_nonfinite` accepts NaN/inf weights (an error by default)."""
     from flexcli.io.atomic import check_output
 
     src = Path(src)
@@ -103,7 +121,14 @@ def flexify_checkpoint(src: str | Path, weak_patches: list[int], out: str | Path
                            "pass the original (not flexified) checkpoint")
     weak = validate_weak_patches(ckpt.config, weak_patches)
     model = build_model(ckpt)
-    flexify_model(model, weak, mode, lora_rank, lora_alpha)
+    spec = model.flex_spec
+    unknown = [g for g in lora_groups if g not in spec.optional_lora_targets]
+    if unknown:
+        raise FlexcliError(f"a {NAMES.get(ckpt.family, ckpt.family)} has no {unknown[0].replace('_', '-')} layers "
+                           f"to put LoRAs on", "drop the option (it applies to text-to-image checkpoints)")
+    if lora_groups and mode != "lora":
+        raise FlexcliError(f"--lora-{lora_groups[0].replace('_', '-')} needs --mode lora", "drop it or use --mode lora")
+    flexify_model(model, weak, mode, lora_rank, lora_alpha, lora_targets=spec.targets(tuple(lora_groups)))
     source = {"file": str(src.name), "sha256": file_sha256(src), "layout": ckpt.layout}
     save_checkpoint(model, out, {"source": source, "inferred": ckpt.inferred})
     return out, model, ckpt
@@ -136,10 +161,21 @@ def describe(path: str | Path, allow_nonfinite: bool = False) -> dict:
             merged = model_cost(model, p, merged=True)
             row.update(gmacs_merged=merged.gmacs, gflops_merged=merged.gflops)
         rows.append(row)
-    return {"path": str(path), "layout": ckpt.layout, "config": ckpt.config.to_dict(), "inferred": ckpt.inferred,
+    return {"path": str(path), "family": ckpt.family, "layout": ckpt.layout, "config": ckpt.config.to_dict(),
+            "text": text_info(model), "inferred": ckpt.inferred,
             "flex": flex, "patch_sizes": model.patch_sizes, "params": {"base": base, "added": extra},
+            "latent": list(family(ckpt.family).cost.spatial(ckpt.config)),
             "cost": rows, "flops_convention": "per sample, one forward pass; GFLOPs = 2 x GMACs; matmuls only",
             "source": ckpt.metadata.get("source"), "flexcli_version": __version__}
+
+
+def text_info(model) -> dict | None:
+    """A text family's conditioning: caption width, caption tokens (cross-attention keys) and its null caption."""
+    width = getattr(model, "text_width", None)
+    if width is None:
+        return None
+    null = "learned y_embedding" if getattr(model, "y_embedding", None) is not None else "encoded negative prompt"
+    return {"width": width, "tokens": model.text_length, "null_caption": null}
 
 
 def export_loras(path: str | Path, out: str | Path, force: bool = False, allow_nonfinite: bool = False) -> list[Path]:
@@ -155,4 +191,4 @@ def export_loras(path: str | Path, out: str | Path, force: bool = False, allow_n
                            "flexify it first: flexcli flexify CKPT --weak-patch 4")
     with atomic_dir(out) as tmp:
         export_peft_adapters(model, tmp, model.flex.lora_rank, model.flex.lora_alpha)
-    return [out / f"p{p}" for p in model.flex.weak_patch_sizes]
+    return [out / patch_key(p) for p in model.flex.weak_patch_sizes]

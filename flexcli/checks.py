@@ -288,9 +288,10 @@ def sample_settings(cfg) -> None:
     device(cfg.device)
 
 
-def sample_plan(cfg, model) -> None:
-    """`flexcli sample`'s settings against the model: guided channels, and outputs that fit in memory."""
-    channels = model.latent_shape[0]
+def sample_plan(cfg, latent_shape) -> None:
+    """`flexcli sample`'s settings against the run's latent (C, *spatial): guided channels, and outputs that fit
+    in memory."""
+    channels = latent_shape[0]
     integer("--guided-channels", cfg.guided_channels, 1, channels,
             fix=f"pass 1 to {channels} (the model's eps channels), or leave it out to guide every channel")
-    sample_count(cfg.num_samples, cfg.seed, model.latent_shape)
+    sample_count(cfg.num_samples, cfg.seed, latent_shape)

@@ -52,8 +52,9 @@ def base_patch_of(cfg) -> tuple:
 
 
 def forward_cost(cfg, patch_size=None, batch: int = 1, *, lora_rank: int = 0, shared_projection: bool = False,
-                 input_size=None) -> ForwardCost:
-    """MACs of `batch` forward passes at `patch_size` (unmerged LoRAs of `lora_rank` if > 0).
+                 input_size=None, lora_targets: tuple | None = None) -> ForwardCost:
+    """MACs of `batch` forward passes at `patch_size` (unmerged LoRAs of `lora_rank` if > 0, on `lora_targets`,
+    default the family's).
 
     `input_size` is the latent side, or its spatial shape ((H, W), or (F, H, W) for video); default the config's.
     """
@@ -66,7 +67,10 @@ def forward_cost(cfg, patch_size=None, batch: int = 1, *, lora_rank: int = 0, sh
     T = math.prod(s // q for s, q in zip(spatial, p))
     b = fam.terms(cfg, p, T)
     if lora_rank and p != p0:
-        b["lora"] = cfg.depth * T * lora_rank * sum(i + o for i, o in fam.lora_dims(cfg))
+        if fam.lora_macs is not None:
+            b["lora"] = lora_rank * fam.lora_macs(cfg, T, lora_targets or family_of(cfg).model.flex_spec.lora_targets)
+        else:
+            b["lora"] = cfg.depth * T * lora_rank * sum(i + o for i, o in fam.lora_dims(cfg))
     macs = batch * sum(b.values())
     if shared_projection:  # weight-side, once per forward call whatever the batch
         D, C, Co = fam.io_dims(cfg)
@@ -79,23 +83,29 @@ def forward_cost(cfg, patch_size=None, batch: int = 1, *, lora_rank: int = 0, sh
 
 
 def packed_forward_cost(cfg, patch_sizes: list, batch: int = 1, *, lora_rank: int = 0,
-                        shared_projection: bool = False, dense_attention: bool = True) -> ForwardCost:
+                        shared_projection: bool = False, dense_attention: bool = True,
+                        input_size=None, lora_targets: tuple | None = None) -> ForwardCost:
     """MACs of one packed forward pass (App. B.2, Fig. 12; `flexcli.flex.core.forward_packed`).
 
     Each of the `batch` rows holds one sequence per entry of `patch_sizes`, back to back, with a block-diagonal
     attention mask. Everything but attention costs what separate passes cost (each segment has its own
     conditioning, tokenizer and LoRAs). Attention computed densely over the packed row costs that of
     sum T tokens; `dense_attention=False` is a kernel that skips the masked blocks: the sum over segments.
+    Cross-attention to per-segment captions (text families), computed densely, runs every token over every
+    segment's caption.
     """
-    parts = [forward_cost(cfg, p, batch, lora_rank=lora_rank, shared_projection=shared_projection)
-             for p in patch_sizes]
+    parts = [forward_cost(cfg, p, batch, lora_rank=lora_rank, shared_projection=shared_projection,
+                          input_size=input_size, lora_targets=lora_targets) for p in patch_sizes]
     breakdown: dict = {}
     for c in parts:
         for k, v in c.breakdown.items():
             breakdown[k] = breakdown.get(k, 0) + v
     total_tokens = sum(c.tokens for c in parts)
     if dense_attention:
-        breakdown["attention"] = batch * family_cost(cfg).attention(cfg, total_tokens)
+        fam = family_cost(cfg)
+        breakdown["attention"] = batch * fam.attention(cfg, total_tokens)
+        if fam.packed_cross_attention is not None:
+            breakdown["cross_attention"] = batch * fam.packed_cross_attention(cfg, total_tokens, len(parts))
     return ForwardCost(min(c.patch_size for c in parts), total_tokens, sum(breakdown.values()), breakdown)
 
 
@@ -108,22 +118,27 @@ def lora_rank_of(model, merged: bool = False) -> int:
     return flex.lora_rank
 
 
-def model_cost(model, patch_size=None, batch: int = 1, merged: bool = False) -> ForwardCost:
-    """`forward_cost` for a built model (its flex mode, LoRA rank and merge state)."""
+def lora_targets_of(model) -> tuple | None:
+    return model.flex.lora_targets if model.flex is not None and model.flex.mode == "lora" else None
+
+
+def model_cost(model, patch_size=None, batch: int = 1, merged: bool = False, input_size=None) -> ForwardCost:
+    """`forward_cost` for a built model (its flex mode, LoRA rank, targets and merge state)."""
     shared = model.flex is not None and model.flex.mode == "shared"
     return forward_cost(model.config, patch_size, batch, lora_rank=lora_rank_of(model, merged),
-                        shared_projection=shared)
+                        shared_projection=shared, input_size=input_size, lora_targets=lora_targets_of(model))
 
 
 def step_cost_fn(config, *, lora_rank: int = 0, shared: bool = False, packing: str = "separate",
-                 dense: bool = True) -> StepCost:
+                 dense: bool = True, input_size=None, lora_targets: tuple | None = None) -> StepCost:
     """MACs of one sampling step per sample: (p_cond, p_uncond or None without guidance) -> MACs.
 
     Both branches at one size run as one forward pass of batch 2; different sizes run as two passes
     ("separate") or one packed pass ("packed": dense attention over the packed row unless dense=False).
     """
     def one(p, batch: int) -> int:
-        return forward_cost(config, p, batch, lora_rank=lora_rank, shared_projection=shared).macs
+        return forward_cost(config, p, batch, lora_rank=lora_rank, shared_projection=shared,
+                            input_size=input_size, lora_targets=lora_targets).macs
 
     def cost(pc, pu) -> int:
         if pu is None:
@@ -132,12 +147,14 @@ def step_cost_fn(config, *, lora_rank: int = 0, shared: bool = False, packing: s
             return one(pc, 2)
         if packing == "packed":
             return packed_forward_cost(config, [pc, pu], 1, lora_rank=lora_rank, shared_projection=shared,
-                                       dense_attention=dense).macs
+                                       dense_attention=dense, input_size=input_size,
+                                       lora_targets=lora_targets).macs
         return one(pc, 1) + one(pu, 1)
     return cost
 
 
-def model_step_cost(model, packing: str = "separate", dense: bool = True) -> StepCost:
-    """`step_cost_fn` for a built model."""
+def model_step_cost(model, packing: str = "separate", dense: bool = True, input_size=None) -> StepCost:
+    """`step_cost_fn` for a built model (on a latent of `input_size`, default the family's)."""
     shared = model.flex is not None and model.flex.mode == "shared"
-    return step_cost_fn(model.config, lora_rank=lora_rank_of(model), shared=shared, packing=packing, dense=dense)
+    return step_cost_fn(model.config, lora_rank=lora_rank_of(model), shared=shared, packing=packing, dense=dense,
+                        input_size=input_size, lora_targets=lora_targets_of(model))

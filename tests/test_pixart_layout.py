@@ -6,7 +6,7 @@ import torch
 
 from flexcli.errors import FlexcliError
 from flexcli.io import pixart_keys as pk
-from flexcli.io.pixart_config import PixArtConfig, pixart_pos_table
+from flexcli.models.pixart_config import PixArtConfig, pixart_pos_table
 from flexcli.io.pixart_layout import read_pixart, save_original, to_original_state_dict
 from pixart_helpers import original_forward, tiny_pixart
 
@@ -198,7 +198,7 @@ def test_config_json_conflicts_and_unknown_keys(model, tmp_path):
 
 
 def test_assumed_heads_for_pixart_xl():
-    from flexcli.io.pixart_config import assumed_heads
+    from flexcli.models.pixart_config import assumed_heads
 
     assert assumed_heads(1152)[:2] == (16, 72)  # PixArt-XL/2: 16 heads x 72
     assert assumed_heads(1024)[:2] == (16, 64)

@@ -1,4 +1,5 @@
-"""`flexcli demo`: the main job on the built-in Fashion-MNIST default (flexify, distil, sweep, Pareto front)."""
+"""`flexcli demo`: the main job on the built-in Fashion-MNIST default (flexify, distil, sweep against the fewer-steps
+baseline, Pareto fronts). The summary table and the output paths go to stdout, progress to stderr."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,28 +7,31 @@ from typing import Optional
 
 import typer
 
-from flexcli.console import err, result, user_errors
+from flexcli.console import err, progress_bar, result, user_errors
+
+STAGES = {"reference": "reference images", "flexify": "flexify", "distill": "distill weak mode",
+          "sample": "sample (steps x samples)", "metrics": "metrics (settings)"}
 
 
 def demo(
-    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the results (pareto.csv, plots, work/)."),
-    quick: bool = typer.Option(False, "--quick", help="A small run (about 3 minutes on 2 CPU cores), as CI runs it."),
-    base: Optional[Path] = typer.Option(None, help="Base checkpoint [default: the shipped DiT-FMNIST/4]."),
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the results (pareto.csv, plots, summary.txt, work/)."),
+    quick: bool = typer.Option(False, "--quick", help="A small run, as CI runs it (the README gives its duration)."),
+    base: Optional[Path] = typer.Option(None, help="Base checkpoint (default: the shipped DiT-FMNIST/4)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML of demo settings (weak_patch, "
-                                          "distill_steps, schedules, cfg_scales, ...): defaults or --quick < recipe."),
+                                          "distill_steps, schedules, cfg_scales, baseline_steps, compare_compute, "
+                                          "...): defaults or --quick < recipe."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
 ) -> None:
-    """Flexify the shipped Fashion-MNIST DiT (weak patch 8), distil it, sweep schedules x guidance scales."""
+    """Flexify the shipped Fashion-MNIST DiT (weak patch 8), distil it, sweep schedules against fewer steps."""
     with user_errors():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from flexcli.builtin.demo import run_main_job, settings
 
         job = settings(quick, recipe)
-        names = {"reference": "reference images", "flexify": f"flexify -p {job.weak_patch}",
-                 "distill": "distil weak mode", "sample": "sample settings", "metrics": "metrics"}
-        with Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, transient=False) as bar:
+        names = {**STAGES, "flexify": f"flexify -p {job.weak_patch}"}
+        with progress_bar(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()) as bar:
             tasks: dict[str, int] = {}
 
             def progress(stage: str, done: int, total: int) -> None:
@@ -35,10 +39,9 @@ def demo(
                     tasks[stage] = bar.add_task(names.get(stage, stage), total=total)
                 bar.update(tasks[stage], completed=done, total=total)
             res = run_main_job(out, quick=quick, base=base, force=force, progress=progress, job=job)
-        for r in res["rows"]:
-            ca = r.get("class_accuracy")
-            err.print(f"{r['label']:>14}  compute {r['compute_fraction']:.3f}  FID {r['fid']:.3f}  "
-                      f"class acc {ca if ca is None else f'{ca:.3f}'}")
-        err.print(f"done in {res['seconds']:.0f} s")
+        for line in res["summary"]:
+            result(line)
+        result("")
+        err.print(f"done in {res['seconds']:.0f} s", markup=False)
         for f in res["files"]:
             result(str(f))

@@ -14,6 +14,10 @@ class FamilyCost:
     attention: Callable[..., int]  # (cfg, tokens) -> self-attention MACs (Q K^T and A V) of all blocks
     io_dims: Callable[..., tuple]  # cfg -> (width D, in channels C, out channels per pixel)
     spatial: Callable[..., tuple]  # cfg -> the latent's default spatial shape
+    # optional: (cfg, tokens, LoRA target names) -> LoRA MACs per unit rank (default: lora_dims on every token)
+    lora_macs: Callable[..., int] | None = None
+    # optional, text families: (cfg, packed tokens, segments) -> cross-attention MACs of a dense packed pass
+    packed_cross_attention: Callable[..., int] | None = None
 
 
 @dataclass(frozen=True)
@@ -27,3 +31,4 @@ class Family:
     read: Callable[..., object]  # (path, use_ema=...) -> flexcli.io.checkpoint.Checkpoint
     cost: FamilyCost
     conditioning: str  # "class" (labels) or "text" (prompt embeddings)
+    process: str = "ddpm"  # what the model predicts: "ddpm" (eps, DiT's Gaussian diffusion) or "flow" (velocity)

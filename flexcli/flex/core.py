@@ -16,7 +16,7 @@ the DiT literature does (4 = (4, 4)).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,6 +40,15 @@ class FlexSpec:
     detokenizer: str  # the de-embedding Linear (D -> prod(p) * out_channels)
     lora_targets: tuple[str, ...]  # block linears that get per-size LoRAs (name suffixes)
     norms: tuple[str, ...]  # block norms that get per-size affines in shared mode (name suffixes)
+    optional_lora_targets: dict = field(default_factory=dict)  # opt-in groups, e.g. {"cross_attn": (...)}
+
+    def targets(self, extra: tuple = ()) -> tuple[str, ...]:
+        """The LoRA targets with the opt-in groups named in `extra` (e.g. ("cross_attn",)) added."""
+        unknown = [g for g in extra if g not in self.optional_lora_targets]
+        if unknown:
+            raise ValueError(f"no optional LoRA target group {unknown[0]!r} (this family has "
+                             f"{sorted(self.optional_lora_targets) or 'none'})")
+        return self.lora_targets + tuple(t for g in extra for t in self.optional_lora_targets[g])
 
 
 def public_patch(p: tuple[int, ...]):
@@ -229,7 +238,7 @@ class FlexModel(nn.Module):
         p = self.resolve_patch_size(patch_size, x)
         h = self.tokenize(x, p)  # (N, T, D)
         conds = [self.condition(t, cond)]
-        spans = Spans.single(p, h.shape[1])
+        spans = Spans.single(p, h.shape[1], grid_of(x, p))
         h = self.head(self.run_blocks(h, conds, spans), conds, spans)
         return self.detokenize(h, p, tuple(x.shape[2:]))
 
@@ -245,10 +254,16 @@ def forward_packed(model: FlexModel, segments: list) -> list[torch.Tensor]:
     sizes = [model.resolve_patch_size(p, x) for x, _, _, p in segments]
     tokens = [model.tokenize(x, p) for (x, *_), p in zip(segments, sizes)]
     conds = [model.condition(t, c) for _, t, c, _ in segments]
-    spans = Spans(tuple(sizes), tuple(h.shape[1] for h in tokens))
+    spans = Spans(tuple(sizes), tuple(h.shape[1] for h in tokens),
+                  tuple(grid_of(x, p) for (x, *_), p in zip(segments, sizes)))
     h = model.head(model.run_blocks(torch.cat(tokens, dim=1), conds, spans), conds, spans)
     return [model.detokenize(h[:, a:b], p, tuple(x.shape[2:]))
             for (a, b), (x, *_), p in zip(spans.bounds, segments, sizes)]
+
+
+def grid_of(x: torch.Tensor, p: tuple) -> tuple:
+    """The token grid of latents x (N, C, *S) cut into patches p."""
+    return tuple(s // q for s, q in zip(x.shape[2:], p))
 
 
 def unpatchify(h: torch.Tensor, p: tuple, spatial: tuple, channels: int) -> torch.Tensor:
@@ -262,24 +277,26 @@ def unpatchify(h: torch.Tensor, p: tuple, spatial: tuple, channels: int) -> torc
 
 # ---------------------------------------------------------------------------------------------------------
 def flexify_model(model: FlexModel, weak_patch_sizes: list, mode: str = "lora", lora_rank: int = 32,
-                  lora_alpha: float | None = None) -> FlexModel:
+                  lora_alpha: float | None = None, lora_targets: tuple | None = None) -> FlexModel:
     """Add weak patch sizes to a pretrained model in place (and return it). Every weak size is initialised from
     the pretrained one, never chained: PI-resized tokenizer, up-sampled de-tokenizer, positions at patch
-    centres, a zero size embedding, zero-output LoRAs (lora) or identity norm affines (shared)."""
+    centres, a zero size embedding, zero-output LoRAs (lora) or identity norm affines (shared).
+    `lora_targets` replaces the family's default targets (`FlexSpec.targets` adds its opt-in groups)."""
     if model.flex is not None:
         raise ValueError("model is already flexified")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     spec, base = model.flex_spec, model.base_patch
+    targets = tuple(lora_targets) if lora_targets is not None else spec.lora_targets
     weak = sorted({as_patch(p, len(base)) for p in weak_patch_sizes})
     positions = {p: model.weak_positions(p) for p in weak}
     model.flex = FlexParts(mode, base, weak, model.out_channels, model.tokenizer, model.detokenizer,
                            {p: t for p, t in positions.items() if t is not None}, lora_rank, lora_alpha,
-                           spec.lora_targets)
+                           targets)
     if mode == "lora":
         for param in model.parameters():
             param.requires_grad_(False)
-        L.inject_loras(model, spec.lora_targets, weak, model.flex.lora_rank, model.flex.lora_alpha)
+        L.inject_loras(model, targets, weak, model.flex.lora_rank, model.flex.lora_alpha)
         for name, param in model.named_parameters():
             param.requires_grad_(".lora_" in name or name.startswith("flex."))
     else:

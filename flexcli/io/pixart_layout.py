@@ -23,7 +23,7 @@ from flexcli.errors import FlexcliError
 from flexcli.io import pixart_keys as pk
 from flexcli.io.atomic import atomic_path
 from flexcli.io.checkpoint import read_json as _read_json, read_safetensors as _read_safetensors, sniff as _sniff
-from flexcli.io.pixart_config import (
+from flexcli.models.pixart_config import (
     PIXART_MAX_LENGTH, PixArtConfig, assumed_heads, default_interpolation_scale, pixart_pos_table)
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

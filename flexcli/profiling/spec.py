@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from flexcli.errors import FlexcliError
-from flexcli.models.configs import DiTConfig, named_config
+from flexcli.models.configs import named_config
 from flexcli.models.dit import DiT
 from flexcli.profiling import latency as lat
 
@@ -36,11 +36,11 @@ DEFAULT_REPEATS = 20  # timed forward passes per row
 class ProfileSpec:
     """Everything `flexcli profile` takes; see the module docstring."""
 
-    model: str | None = None  # a named config, random weights (default DiT-XL/2 without a checkpoint)
+    model: str | None = None  # a named config (DiT-XL/2, PixArt-XL/2-1024, Emu/2, ...), random weights (default DiT-XL/2)
     checkpoint: str | Path | None = None
-    patch_sizes: list[int] | None = None
+    patch_sizes: list | None = None  # ints (images) or (p_t, p_h, p_w) tuples (video)
     seq_lengths: list[int] | None = None
-    latent: str | None = None  # "32" or "32x48"
+    latent: str | None = None  # "32" or "32x48"; video "21x60x104"
     image_size: str | None = None  # "256" or "256x512"; latent = image / 8
     fit_latent: bool = False
     depth: int | None = None
@@ -79,6 +79,21 @@ class Shape:
     def latent(self) -> str:
         return f"{self.height}x{self.width}"
 
+    @property
+    def spatial(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def label(self) -> int:
+        return self.patch_size
+
+    def example_inputs(self, cfg, batch: int, generator: torch.Generator, device, dtype):
+        x = torch.randn(batch, cfg.in_channels, self.height, self.width, generator=generator).to(device, dtype)
+        t = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+        y = random_condition(cfg, batch, generator)
+        y = y.to(device) if isinstance(y, torch.Tensor) else type(y)(y.embeds.to(device, dtype), y.mask.to(device))
+        return x, t, y
+
 
 # ------------------------------------------------------------------------------------------------------
 def parse_int_list(text: str | None, option: str) -> list[int] | None:
@@ -95,6 +110,25 @@ def parse_int_list(text: str | None, option: str) -> list[int] | None:
             out.append(int(part))
     if not out:
         raise FlexcliError(f"{option} is empty", f"e.g. {option} 1024,256")
+    return out
+
+
+def parse_patch_list(text: str | None, option: str) -> list | None:
+    """"2,4" -> [2, 4]; video "1x2x2,2x2x2" -> [(1, 2, 2), (2, 2, 2)] (de-duplicated, in order)."""
+    if text is None or "x" not in str(text):
+        return parse_int_list(text, option)
+    out: list = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        axes = part.split("x")
+        if not all(a.isdigit() and int(a) > 0 for a in axes):
+            raise FlexcliError(f"{option} '{text}' is not a list of patch sizes", f"e.g. {option} 1x2x2,1x4x4")
+        p = tuple(int(a) for a in axes) if len(axes) > 1 else int(axes[0])
+        if p not in out:
+            out.append(p)
+    if not out:
+        raise FlexcliError(f"{option} is empty", f"e.g. {option} 1x2x2,1x4x4")
     return out
 
 
@@ -120,16 +154,23 @@ def parse_latent(latent: str | None, image_size: str | None) -> tuple[int, int] 
     return None
 
 
-def random_config(spec: ProfileSpec) -> DiTConfig:
-    """The named config with the depth/width/heads overrides (heads kept when they divide a new width)."""
-    cfg = named_config(spec.model or "DiT-XL/2")
-    for name, value in (("--depth", spec.depth), ("--width", spec.width), ("--heads", spec.heads)):
+def random_config(spec: ProfileSpec):
+    """The named config (DiT or PixArt family) with the depth/width/heads overrides (heads kept when they divide
+    a new width)."""
+    from flexcli.models.pixart_config import NAMED_CONFIGS as PIXART, named_pixart_config
+
+    name = spec.model or "DiT-XL/2"
+    cfg = named_pixart_config(name) if name in PIXART else named_config(name)
+    for option, value in (("--depth", spec.depth), ("--width", spec.width), ("--heads", spec.heads)):
         if value is not None and value <= 0:
-            raise FlexcliError(f"{name} {value} is not positive", f"pass a positive {name}")
+            raise FlexcliError(f"{option} {value} is not positive", f"pass a positive {option}")
     width = spec.width or cfg.hidden_size
     heads = spec.heads or cfg.num_heads
     if width % heads:
         raise FlexcliError(f"width {width} is not divisible by {heads} heads", "pass --heads that divides --width")
+    if name in PIXART:
+        return dataclasses.replace(cfg, num_layers=spec.depth or cfg.depth, num_attention_heads=heads,
+                                   attention_head_dim=width // heads, cross_attention_dim=width)
     return dataclasses.replace(cfg, depth=spec.depth or cfg.depth, hidden_size=width, num_heads=heads)
 
 
@@ -176,10 +217,22 @@ def _fitted_shape(tokens: int, p: int) -> Shape:
     return Shape(p, gh * p, (tokens // gh) * p)
 
 
-def random_model(cfg: DiTConfig, shape: Shape, device: torch.device, seed: int) -> DiT:
-    """A DiT with random weights whose own patch size and latent are the row's (meta device: no memory)."""
+def random_condition(cfg, batch: int, g: torch.Generator):
+    """What a profiled forward pass is conditioned on: class labels, or random captions of full length."""
+    if hasattr(cfg, "caption_channels"):
+        from flexcli.flex.conditions import TextCondition
+
+        L = cfg.model_max_length
+        return TextCondition(torch.randn(batch, L, cfg.caption_channels, generator=g), torch.ones(batch, L))
+    return torch.randint(0, cfg.num_classes, (batch,), generator=g)
+
+
+def random_model(cfg, shape: Shape, device: torch.device, seed: int):
+    """A model with random weights whose own patch size and latent are the row's (meta device: no memory)."""
     from flexcli.models.posembed import sincos_2d
 
+    if hasattr(cfg, "caption_channels"):
+        return _random_pixart(cfg, shape, device, seed)
     torch.manual_seed(seed)
     meta = device.type == "meta"  # only counted: skip the (large) sin-cos table, keep its shape
     square = shape.height == shape.width and not meta
@@ -198,6 +251,24 @@ def random_model(cfg: DiTConfig, shape: Shape, device: torch.device, seed: int) 
             for param in model.parameters():
                 if param.requires_grad:
                     param.normal_(0, 0.02)
+    return model.eval()
+
+
+def _random_pixart(cfg, shape: Shape, device: torch.device, seed: int):
+    """PixArt at the row's patch size; a latent other than the config's runs on PixArt's own position rule for
+    other grids (learned positions, the Emu class, exist for the native grid only: sin-cos stands in)."""
+    from flexcli.models.pixart import PixArt
+
+    native = (shape.height, shape.width) == (cfg.sample_size, cfg.sample_size)
+    cfg = dataclasses.replace(cfg, patch_size=shape.patch_size, sample_size=shape.height,
+                              pos_embed_type=cfg.pos_embed_type if native else "sincos")
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = PixArt(cfg)
+    if device.type != "meta":
+        with torch.no_grad():
+            for param in model.parameters():
+                param.normal_(0, 0.02)
     return model.eval()
 
 

@@ -1,6 +1,6 @@
 """One optimisation step of `flexcli distill`, and the state it runs on (model, optimizer, EMA, generator).
 
-Determinism: every random draw of a step (patch size, data order, label dropout, timesteps, noise, the MMD
+Determinism: every random draw of a step (patch size, data order, label or caption dropout, timesteps, noise, the MMD
 chain) comes from one CPU `torch.Generator`, drawn for the *global* batch on every process; each process then
 takes its slice. One process and N processes therefore see the same samples, and a resumed run continues the
 same loss sequence as an uninterrupted one.
@@ -21,10 +21,19 @@ from dataclasses import dataclass
 
 import torch
 
+from flexcli.data.text_data import TextData
 from flexcli.diffusion.process import GaussianDiffusion
+from flexcli.families import family_of
+from flexcli.flex.conditions import TextCondition
+from flexcli.train import flow
 from flexcli.train import objectives as obj
 from flexcli.train.config import DistillConfig
 from flexcli.train.state import EMA, DataOrder
+
+
+def rows(y, sl):
+    """Rows `sl` of a batch's conditioning: class labels, or a TextCondition's embeddings and mask."""
+    return TextCondition(y.embeds[sl], y.mask[sl]) if isinstance(y, TextCondition) else y[sl]
 
 
 @dataclass
@@ -32,7 +41,7 @@ class StepInfo:
     step: int  # steps done
     steps: int  # total steps of the run
     loss: float
-    patch_size: int
+    patch_size: object  # an int (images) or a (p_t, p_h, p_w) tuple (video)
     lr: float
     grad_norm: float
     seconds: float = 0.0
@@ -96,6 +105,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.order = DataOrder(len(data), self.gen)
         self.guard = LossGuard(cfg.spike_factor)
+        self.flow = family_of(model).process == "flow"  # velocity models (Wan) train with flexcli.train.flow
 
     def wrap(self) -> None:
         """Build what the steps need once the state is final (after a resume): DDP, autocast, processes."""
@@ -113,8 +123,8 @@ class Trainer:
             self.autocast = torch.autocast(device.type, dtype=torch.bfloat16)
         else:
             self.autocast = contextlib.nullcontext()  # fp32 on the CPU by default: exact and reproducible
-        mc = self.model.config
-        self.label_p = mc.class_dropout_prob if cfg.label_dropout is None else cfg.label_dropout
+        default = getattr(self.model.config, "class_dropout_prob", 0.1)  # Wan: 10 % of captions to the null one
+        self.label_p = default if cfg.label_dropout is None else cfg.label_dropout
 
     def step(self, step: int) -> StepInfo:
         """Optimisation step step + 1; `Diverged` (and no update) when the guard (`LossGuard`) says so."""
@@ -126,8 +136,14 @@ class Trainer:
         # One draw for the global batch, identical on every process.
         p = self.sizes[int(torch.randint(len(self.sizes), (), generator=gen))]
         idx = self.order.take(cfg.batch_size)
-        y_all = obj.drop_labels(self.data.labels[idx], self.label_p, self.model.config.num_classes, gen)
-        t_all = obj.sample_timesteps(cfg.batch_size, gen, cfg.timesteps, cfg.t_bias_power)
+        if isinstance(self.data, TextData):  # caption dropout: the learned or the encoded empty null caption
+            y_all = self.data.dropped(idx, self.label_p, gen, self.model.learned_null_caption())
+        else:
+            y_all = obj.drop_labels(self.data.labels[idx], self.label_p, self.model.config.num_classes, gen)
+        if self.flow:  # sigma in (0, 1], as the flow sampler spaces it
+            t_all = flow.sample_sigmas(cfg.batch_size, gen, cfg.timesteps, cfg.t_bias_power, cfg.flow_shift)
+        else:
+            t_all = obj.sample_timesteps(cfg.batch_size, gen, cfg.timesteps, cfg.t_bias_power)
         noise_all = torch.randn((cfg.batch_size, *self.data.latents.shape[1:]), generator=gen)
         manual_sync = cfg.mmd_weight > 0 and dist.world > 1
         total = torch.zeros((), dtype=torch.float64, device=dist.device)
@@ -158,9 +174,12 @@ class Trainer:
         local = micro // dist.world
         lo = a * micro + dist.rank * local
         sl = slice(lo, lo + local)
-        x0, y = self.data.latents[idx[sl]].to(device), y_all[sl].to(device)
+        x0, y = self.data.latents[idx[sl]].to(device), rows(y_all, sl).to(device)
         t, noise = t_all[sl].to(device), noise_all[sl].to(device)
-        x_t = self.diffusion.q_sample(x0, t, noise)
+        if self.flow:  # the model sees 1000 sigma
+            x_t, t = flow.noised(x0, t, noise), 1000 * t
+        else:
+            x_t = self.diffusion.q_sample(x0, t, noise)
         c, base = model.config.in_channels, model.config.patch_size
         last = a == cfg.grad_accum - 1
         sync = contextlib.nullcontext() if (last and not manual_sync) or net is model else net.no_sync()
@@ -168,6 +187,9 @@ class Trainer:
             with self.autocast:
                 if self.mode == "lora":
                     terms = obj.lora_distill_loss(net, model, x_t, t, y, p, c, cfg.sigma_weight)
+                elif self.flow:
+                    terms = flow.flow_shared_loss(net, model, x0, x_t, t, noise, y, p, base, cfg.distill_weight,
+                                                  cfg.sigma_weight)
                 else:
                     terms = obj.shared_loss(net, model, self.diffusion, x0, x_t, t, noise, y, p, base,
                                             model.config.learn_sigma, cfg.distill_weight, cfg.sigma_weight)
