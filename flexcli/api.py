@@ -20,10 +20,11 @@ def _load(model, ckpt: Checkpoint, keys: set[str] | None = None) -> None:
     """Load the checkpoint's tensors (those among `keys`, checkpoint names) into `model`, strictly."""
     expected = {k.replace(".base_layer.", "."): k for k in model.state_dict()}
     given = set(ckpt.state_dict) if keys is None else set(ckpt.state_dict) & keys
-    missing = sorted(set(expected) - given)
+    missing = [k for k in expected if k not in given]  # in the model's order: the first one is named
     unexpected = sorted(given - set(expected))
     if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        what = (f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") if missing
+                else f"unexpected {unexpected[:3]}")
         raise FlexcliError(f"{ckpt.path} does not match the inferred {NAMES.get(ckpt.family, ckpt.family)} config "
                            f"({what})", f"the checkpoint may be damaged or not a {NAMES.get(ckpt.family, ckpt.family)}")
     try:
@@ -115,11 +116,12 @@ def flexify_checkpoint(src: str | Path, weak_patches: list, out: str | Path | No
     out = Path(out) if out is not None else default_output(src)
     check_output(out, force, kind="file")
     ckpt = read_checkpoint(src, use_ema=use_ema, allow_nonfinite=allow_nonfinite)
-    checks.lora(lora_rank, lora_alpha, checks.width_of(ckpt.config))
     if ckpt.flex:
         raise FlexcliError(f"{src} is already flexified (patch sizes {ckpt.flex['patch_sizes']})",
                            "pass the original (not flexified) checkpoint")
     weak = validate_weak_patches(ckpt.config, weak_patches)
+    if mode == "lora":
+        checks.lora(lora_rank, lora_alpha, checks.width_of(ckpt.config))
     model = build_model(ckpt)
     spec = model.flex_spec
     unknown = [g for g in lora_groups if g not in spec.optional_lora_targets]

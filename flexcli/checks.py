@@ -147,7 +147,8 @@ def flex_metadata(flex, config, path) -> None:
     sizes, base = flex.get("patch_sizes"), flex.get("base_patch_size")
     if not isinstance(sizes, list) or not sizes or not all(_patch_ok(p) for p in sizes):
         raise FlexcliError(f"{where} has patch_sizes {sizes!r}, not a list of patch sizes", fix)
-    if base not in sizes or base != getattr(config, "patch_size", base):
+    pretrained = getattr(config, "patch_size", base)
+    if base not in sizes or _as_tuple(base) != _as_tuple(pretrained):
         raise FlexcliError(f"{where} has base_patch_size {base!r}, not the pretrained size among {sizes}", fix)
     if flex["mode"] == "lora":
         lora = flex.get("lora") or {}
@@ -157,12 +158,17 @@ def flex_metadata(flex, config, path) -> None:
             raise FlexcliError(f"{where} has LoRA rank {rank!r} and alpha {alpha!r}", fix)
 
 
+def _as_tuple(p):
+    return tuple(p) if isinstance(p, (list, tuple)) else p
+
+
 def lora(rank: int, alpha: float | None, width: int | None = None) -> None:
-    """LoRA settings for flexify: 1 <= rank <= the model width, a finite positive alpha."""
-    if rank < 1 or (width is not None and rank > width):
-        limit = f" and at most the model width {width}" if width is not None else ""
-        raise FlexcliError(f"--lora-rank {rank} is {'not positive' if rank < 1 else 'larger than the model width'}",
-                           f"pass --lora-rank 32 (the paper's value); it must be 1 or more{limit}")
+    """LoRA settings for flexify: 1 <= rank (<= the model width, when given), a finite positive alpha."""
+    if rank < 1:
+        raise FlexcliError(f"--lora-rank {rank} is not positive", "pass --lora-rank 32 (the paper's value)")
+    if width is not None and rank > width:
+        raise FlexcliError(f"--lora-rank {rank} is larger than the model width {width}",
+                           f"pass --lora-rank {min(32, width)} (at most {width}; the paper uses 32)")
     number("--lora-alpha", alpha, 0, above=True, fix="leave --lora-alpha out (it defaults to the rank) or pass "
            "a positive number")
 
@@ -173,11 +179,6 @@ def width_of(config) -> int | None:
         return config.hidden_size
     heads, dim = getattr(config, "num_attention_heads", None), getattr(config, "attention_head_dim", None)
     return heads * dim if isinstance(heads, int) and isinstance(dim, int) else None
-
-
-def first_missing(expected, given) -> str | None:
-    """The first of `expected` (in its order) not in `given`."""
-    return next((k for k in expected if k not in given), None)
 
 
 def nonfinite(state_dict: dict, path, allow: bool) -> None:
@@ -257,24 +258,41 @@ def sample_count(n: int, seed_: int, latent_shape, dev=None) -> None:
                        f"one after another; --seed {seed_ + fit} continues where it stopped)")
 
 
-def train_batch(model, batch: int, micro: int, dev, bytes_per_value: int = 4) -> None:
-    """A distillation batch fits: the global batch's inputs, and one micro-batch's activations (an estimate,
-    after Korthikanti et al. 2022: per block, tokens x (34 width + 5 heads x tokens) values)."""
+def _shape(model, latent_shape) -> tuple[int, int, int, int]:
+    """(tokens at the pretrained patch size, width, heads, depth) of a run on `latent_shape` (C, *spatial)."""
     cfg = model.config
-    latent = math.prod(model.latent_shape)
-    tokens = max(1, latent // (model.latent_shape[0] * math.prod(model.flex.base_patch if model.flex else (1,))))
-    width = width_of(cfg) or 1
+    tokens = max(1, math.prod(latent_shape[1:]) // math.prod(model.base_patch))
     heads = getattr(cfg, "num_heads", None) or getattr(cfg, "num_attention_heads", None) or 1
     depth = getattr(cfg, "depth", None) or getattr(cfg, "num_layers", None) or 1
-    per_sample = bytes_per_value * depth * tokens * (34 * width + 5 * heads * tokens) + 8 * 4 * latent
-    need = micro * per_sample + batch * 8 * 4 * latent
-    avail = available_memory(dev)
-    if avail is None or need <= 2 * avail:  # an estimate: only clearly impossible batches are refused
+    return tokens, width_of(cfg) or 1, heads, depth
+
+
+def _refuse(flag: str, batch: int, need: int, per_sample: int, avail: int | None, what: str, fix: str) -> None:
+    """An estimate: only clearly impossible batches (over twice the memory available) are refused."""
+    if avail is None or need <= 2 * avail:
         return
     fit = max(1, int(2 * avail // per_sample))
-    raise FlexcliError(f"--batch-size {batch} needs about {_size(need)} of memory per step, more than the "
-                       f"{_size(avail)} available", f"use --batch-size {fit} or less (with --grad-accum K for "
-                       "a K times larger batch)")
+    raise FlexcliError(f"{flag} {batch} needs about {_size(need)} of memory {what}, more than the {_size(avail)} "
+                       "available", f"use {flag} {fit} or less{fix}")
+
+
+def train_batch(model, latent_shape, batch: int, micro: int, dev, bytes_per_value: int = 4) -> None:
+    """A distillation batch fits: the global batch's inputs, and one micro-batch's activations (an estimate,
+    after Korthikanti et al. 2022: per block, tokens x (34 width + 5 heads x tokens) values)."""
+    tokens, width, heads, depth = _shape(model, latent_shape)
+    latent = math.prod(latent_shape)
+    per_sample = bytes_per_value * depth * tokens * (34 * width + 5 * heads * tokens) + 8 * 4 * latent
+    _refuse("--batch-size", batch, micro * per_sample + batch * 8 * 4 * latent, per_sample, available_memory(dev),
+            "per step", " (with --grad-accum K for a K times larger batch)")
+
+
+def sample_batch(model, latent_shape, batch: int, guided: bool, dev, bytes_per_value: int = 4) -> None:
+    """A sampling batch fits: one block's activations at a time (no autograd), both guidance branches."""
+    tokens, width, heads, _ = _shape(model, latent_shape)
+    per_sample = (2 if guided else 1) * bytes_per_value * tokens * (12 * width + 2 * heads * tokens)
+    per_sample += 8 * 4 * math.prod(latent_shape)  # the solver's latents, noise and predictions
+    _refuse("--batch-size", batch, batch * per_sample, per_sample, available_memory(dev), "per forward pass",
+            " (-n can stay: batches run one after another)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -232,3 +232,41 @@ def test_outputs_honour_the_umask(inputs, tmp_path, umask, mode):
     assert (tmp_path / "out").stat().st_mode & 0o777 == mode | 0o111 & ~umask
     assert (tmp_path / "out" / "run.json").stat().st_mode & 0o777 == mode
     assert sorted(os.listdir(tmp_path)) == ["f.safetensors", "out"]
+
+
+def test_sample_batch_beyond_memory_names_a_batch_size(inputs, tmp_path, monkeypatch):
+    """The outputs of -n 10000 fit in 1 GB, one batch of 10000 does not: the error names a batch size that
+    fits (sampling runs in batches, so -n can stay)."""
+    monkeypatch.setattr("flexcli.checks.available_memory", lambda dev=None: 2**30)
+    line = _bad(["sample", inputs["flex"], "-o", tmp_path / "out", "--steps", "2", "-n", "10000", "--batch-size",
+                 "10000"], "--batch-size 10000 needs about", "per forward pass", "1 GB available", out_dir=tmp_path)
+    fit = int(line.split("use --batch-size ")[1].split()[0])
+    assert 1 <= fit < 10000, line
+
+
+@pytest.mark.parametrize("stop,words", [
+    (5, ("error: interrupted; the last checkpoint is", "state.pt (step 4); continue with: flexcli distill",
+         "--resume")),
+    (1, ("error: interrupted; no checkpoint was written yet; start over with: flexcli distill", "config.yaml",
+         "--force")),
+])
+def test_distill_interrupt_names_the_checkpoint(inputs, tmp_path, monkeypatch, stop, words):
+    """Ctrl-C in a run says exactly which checkpoint exists and the command that goes on (not "no output was
+    written" while checkpoints are there); no temporaries are left."""
+    from flexcli.train.step import Trainer
+
+    real = Trainer.step
+
+    def step(self, s):
+        if s + 1 == stop:
+            raise KeyboardInterrupt
+        return real(self, s)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    res = runner.invoke(app, [str(a) for a in _distill(inputs, tmp_path, "--steps", "8", "--ckpt-every", "2")])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 130 and len(lines) == 1 and "Traceback" not in res.output, res.output
+    for w in words:
+        assert w in lines[0], lines[0]
+    left = os.listdir(tmp_path / "run")
+    assert ("state.pt" in left) == (stop == 5) and not [n for n in left if ".flexcli-" in n], left

@@ -135,3 +135,31 @@ def test_a_fresh_run_from_a_saved_config_has_no_history(inputs, tmp_path):
         {"step": 2, "setting": "steps", "from": 2, "to": 3}]
     _run(inputs["flex"], "-o", tmp_path / "new", "-r", old / "config.yaml")
     assert yaml.safe_load((tmp_path / "new" / "config.yaml").read_text())["changes"] is None
+
+
+def test_a_nan_that_repeats_on_the_saved_weights_rolls_back(inputs, tmp_path, monkeypatch):
+    """A NaN right after a checkpoint is checked on the saved weights (the same step's draws again): when it
+    repeats, the weights are damaged, so the run rolls back to last-good.pt (test_distill's one-off NaN keeps
+    the checkpoint)."""
+    from distill_helpers import quick_config
+    from flexcli.errors import FlexcliError
+    from flexcli.train import distill, objectives
+
+    real, calls = objectives.lora_distill_loss, {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        terms = real(*args, **kw)
+        if calls["n"] >= 5:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(objectives, "lora_distill_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(FlexcliError) as e:
+        distill(inputs["flex"], run, config=quick_config(inputs["lat"], steps=10, ckpt_every=2))
+    assert calls["n"] == 6  # step 5, and its recheck on the step-4 weights
+    assert "loss became nan at step 5" in e.value.line()
+    assert "the last good checkpoint (state.pt, step 2) is kept" in e.value.line()
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 2
+    assert read_checkpoint(run / "distilled.safetensors").metadata["training"]["steps"] == 2

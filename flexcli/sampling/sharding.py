@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from flexcli import checks
 from flexcli.io.samples import decode, finalize_folder, load_vae, to_uint8, write_images
 from flexcli.sampling.config import SampleConfig
 from flexcli.sampling.denoiser import Progress, sample_latents
@@ -60,6 +61,8 @@ def _run(cfg: SampleConfig, out: Path, device, rank: int, world: int, progress, 
     if cfg.dtype == "float64":
         model = model.double()
     plan = make_plan(cfg, model)
+    checks.sample_batch(model, plan.latent_shape, min(cfg.batch_size, cfg.num_samples), plan.guided, device,
+                        2 if cfg.dtype in ("bfloat16", "float16") else 8 if cfg.dtype == "float64" else 4)
     if len(model.base_patch) == 3:  # video: its own outputs (flexcli.sampling.video_outputs)
         from flexcli.sampling.video_outputs import run_video
 

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,6 +26,7 @@ from flexcli.flex.patches import label
 from flexcli.io.atomic import claim, release, remove_stale_in, writable_folder
 from flexcli.train import guard
 from flexcli.train.config import DistillConfig, read_config, resolve, save_config
+from flexcli.train.dist import Dist as _Dist
 from flexcli.train.evaluation import weak_vs_powerful_error
 from flexcli.train.guard import GOOD_NAME
 from flexcli.train.logs import LossLog, plot_losses
@@ -53,46 +53,6 @@ class DistillResult:
 
 
 Callback = Callable[[str, object], None]  # ("start", (start_step, steps)), ("step", StepInfo), ("checkpoint", Path), ("message", str)
-
-
-# --------------------------------------------------------------------------------------------------
-class _Dist:
-    """torchrun's environment: rank, world size, device; initialises the process group when world > 1."""
-
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available()
-        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
-        if cuda:
-            torch.cuda.set_device(self.device)
-        self.initialised_here = False
-        if self.world > 1:
-            import torch.distributed as dist
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if cuda else "gloo")
-                self.initialised_here = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            import torch.distributed as dist
-            dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        return x
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.initialised_here:
-            import torch.distributed as dist
-            dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,6 +177,9 @@ def _run(job: _Job) -> DistillResult:
     _check_out(out_dir, job.resume, job.force)
     dist.barrier()  # every process checked the folder before the main one writes into it
     data, eval_data = _load_data(cfg, model, out_dir, dist, sizes)
+    half = dist.device.type == "cuda" and cfg.precision != "fp32" or cfg.precision == "bf16"
+    checks.train_batch(model, tuple(data.latents.shape[1:]), cfg.batch_size,
+                       cfg.batch_size // (cfg.grad_accum * dist.world), dist.device, 2 if half else 4)
     trainer = Trainer(model, cfg, dist, data, mode, sizes)
     step, evaluation, saved = 0, {}, guard.Saved()
     if job.resume:
@@ -298,6 +261,8 @@ def _checkpoint(job: _Job, trainer: Trainer, data, step: int, last_loss: float, 
 def _diverged(job: _Job, trainer: Trainer, data, d: Diverged, saved: guard.Saved, evaluation: dict) -> FlexcliError:
     """Keep the last good checkpoint (rolling back to last-good.pt if the latest is suspect), or remove the
     suspect files; the error says which checkpoint is kept and the command that continues."""
+    if d.nonfinite and saved.written_here and saved.step == d.step - 1 and trainer.recheck(saved.step):
+        d.step += 1  # the weights saved just before give that step a sane loss: the checkpoint is good
     good, restore = guard.good_checkpoint(job.out_dir, saved, d.step)
     kept = None
     if good is not None:
@@ -328,9 +293,6 @@ def _check_run(model, cfg: DistillConfig, checkpoint: Path, dist) -> tuple[str, 
     if cfg.mmd_weight > 0 and mode != "shared":
         raise FlexcliError("the bootstrapped MMD loss needs shared mode (it trains the powerful model, App. B.1)",
                            "flexify with --mode shared, or set mmd_weight: 0")
-    half = dist.device.type == "cuda" and cfg.precision != "fp32" or cfg.precision == "bf16"
-    checks.train_batch(model, cfg.batch_size, cfg.batch_size // (cfg.grad_accum * dist.world), dist.device,
-                       2 if half else 4)
     return mode, sizes
 
 

@@ -48,10 +48,11 @@ class StepInfo:
 
 
 class Diverged(Exception):
-    """A step whose loss or gradient is not finite, or whose loss spiked; its update was not applied."""
+    """A step whose loss or gradient is not finite, or whose loss spiked; its update was not applied. `step` is
+    the first bad step; `nonfinite` says it was a NaN/inf with no loss spike before it."""
 
-    def __init__(self, problem: str, step: int):
-        self.problem, self.step = problem, step
+    def __init__(self, problem: str, step: int, nonfinite: bool = False):
+        self.problem, self.step, self.nonfinite = problem, step, nonfinite
         super().__init__(problem)
 
 
@@ -128,8 +129,38 @@ class Trainer:
 
     def step(self, step: int) -> StepInfo:
         """Optimisation step step + 1; `Diverged` (and no update) when the guard (`LossGuard`) says so."""
-        cfg, dist, gen = self.cfg, self.dist, self.gen
         t0 = time.perf_counter()
+        self._before = (self.gen.get_state(), self.order.state_dict())  # for `recheck`
+        step_loss, grad_norm, p, lr = self._loss_and_grads(step)
+        problem = self.guard.problem(step + 1, step_loss, grad_norm)
+        if problem:
+            self.optimizer.zero_grad(set_to_none=True)
+            nonfinite = not (math.isfinite(step_loss) and math.isfinite(grad_norm)) and self.guard.pending is None
+            raise Diverged(problem, self.guard.failed_step, nonfinite)
+        self.guard.accept(step_loss)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        return StepInfo(step + 1, self.cfg.steps, step_loss, p, lr, grad_norm, time.perf_counter() - t0)
+
+    def recheck(self, step: int) -> bool:
+        """After a NaN/inf at step step + 1 (its update not applied): do the current weights give that step, with
+        the same draws, a finite loss and gradient that is no spike? Then the NaN did not come from the weights
+        (e.g. a glitch of a kernel or a bad batch that does not repeat), and a checkpoint of them is good."""
+        gen_state, order = self._before
+        self.gen.set_state(gen_state)
+        self.order.load_state_dict(order)
+        loss, grad_norm, _, _ = self._loss_and_grads(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        history = sorted(self.guard.history)
+        median = statistics.median(history) if history else None
+        return (math.isfinite(loss) and math.isfinite(grad_norm)
+                and (not self.guard.factor or median is None or loss <= self.guard.factor * median))
+
+    def _loss_and_grads(self, step: int) -> tuple[float, float, object, float]:
+        """The loss and gradients of step step + 1 (its draws, its lr) -> (loss, grad norm, patch size, lr)."""
+        cfg, dist, gen = self.cfg, self.dist, self.gen
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -156,16 +187,7 @@ class Trainer:
                 dist.all_sum(prm.grad).div_(dist.world)
         step_loss = float(dist.all_sum(total).item()) / dist.world  # each process holds world x its share
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.grad_clip or float("inf"))
-        problem = self.guard.problem(step + 1, step_loss, float(grad_norm))
-        if problem:
-            self.optimizer.zero_grad(set_to_none=True)
-            raise Diverged(problem, self.guard.failed_step)
-        self.guard.accept(step_loss)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update()
-        return StepInfo(step + 1, cfg.steps, step_loss, p, lr, float(grad_norm), time.perf_counter() - t0)
+        return step_loss, float(grad_norm), p, lr
 
     def _micro_batch(self, a: int, p, idx, y_all, t_all, noise_all, manual_sync: bool) -> torch.Tensor:
         """Forward and backward of micro-batch `a` (this process's slice); returns its loss share."""
