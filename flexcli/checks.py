@@ -190,8 +190,8 @@ def nonfinite(state_dict: dict, path, allow: bool) -> None:
     if bad:
         more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
         raise FlexcliError(f"{path} holds non-finite weights: {bad[0][0]} has {bad[0][1]} NaN/inf values{more}",
-                           "the checkpoint is damaged (e.g. from a diverged run); pass --allow-nonfinite to use it "
-                           "anyway")
+                           "the checkpoint is damaged (e.g. from a diverged run); pass --allow-nonfinite (flexify, "
+                           "info, sample, export-lora, distill) to use it anyway")
 
 
 def checkpoint(ckpt, allow_nonfinite: bool = False):

@@ -194,7 +194,13 @@ def claim(path: Path) -> None:
         return
     lock = lock_path(path)
     for _ in range(5):  # retry while a finishing owner removes the lock file under us
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as e:
+            # A run folder to resume whose parent cannot be written (read-only media) has no place for a lock.
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
