@@ -210,15 +210,19 @@ def append_row(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        new = not path.exists() or path.stat().st_size == 0
-        if not new:
-            with open(path, newline="") as f:
-                header = next(csv.reader(f))
-            if header != list(row):
-                raise SystemExit(f"{path} has columns {header}, this run writes {list(row)}")
+        rows = read_rows(path)
+        header = list(rows[0]) if rows else list(row)
+        if set(row) - set(header):  # new columns: rewrite the file with the union of the columns
+            header += [k for k in row if k not in header]
+            tmp = path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=header)
+                w.writeheader()
+                w.writerows(rows)
+            tmp.replace(path)
         with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+            w = csv.DictWriter(f, fieldnames=header, restval="")
+            if not rows and (not path.exists() or path.stat().st_size == 0):
                 w.writeheader()
             w.writerow(row)
 
@@ -237,6 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shard", default="0/1", help="i/n: run every n-th cell starting at i")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--list", action="store_true", help="print the cells and their compute, run nothing")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the denoiser (about 1.3x on a CPU; outputs differ from eager by ~1e-6)")
     a = ap.parse_args(argv)
 
     import torch
@@ -247,11 +253,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     ckpts = dict(s.split("=", 1) for s in a.ckpt)
     models: dict[str, object] = {}
+    compiled: dict[str, object] = {}
 
     def model_for(name):
         if name not in models:
             models[name] = load_model(ckpts[name], merge_lora=True).eval()
         return models[name]
+
+    def sampler_for(name):
+        if not a.compile:
+            return model_for(name)
+        if name not in compiled:
+            compiled[name] = torch.compile(model_for(name), dynamic=False)
+        return compiled[name]
 
     cells = []
     for g in a.grid:
@@ -297,12 +311,12 @@ def main(argv=None) -> int:
         if key_of(c) in done:
             continue
         start = time.perf_counter()
-        images, labels, same, compute = run_cell(model_for(c["ckpt"]), c, a.num_samples, a.batch_size)
+        images, labels, same, compute = run_cell(sampler_for(c["ckpt"]), c, a.num_samples, a.batch_size)
         m = score(images, labels)
         row = {k: c[k] for k in KEY}
         row.update(compute=round(compute, 6), compute_same_steps=round(same, 6),
                    **{k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in m.items()},
-                   ref_images=a.ref_images, ckpt_path=ckpts[c["ckpt"]], **prov)
+                   ref_images=a.ref_images, ckpt_path=ckpts[c["ckpt"]], compiled=int(a.compile), **prov)
         append_row(a.csv, row)
         print(f"[{time.perf_counter() - t0:8.1f} s] {j + 1}/{len(todo)} {' '.join(f'{k}={c[k]}' for k in KEY[:-1])}"
               f" compute {compute:.3f}: FID {m['fid']:.2f} acc {m['class_accuracy']:.3f} P {m['precision']:.3f} "
