@@ -21,7 +21,7 @@ Cell grid (`--grid`, repeatable): `key=v1,v2,...` items separated by `;`, the ca
             + (s1-1)(e_c,w - e_null,w), one more weak forward pass)
     s1      the CFG scale (steps where both branches have one size and guidance is the null label)
     s2      the weak-guidance scale, or `rule` ((1 - s1)/(1 - s2) = 2.5, flexcli's default)
-    s0      the CFG scale of the all-weak steps (default: s1)
+    s0      the CFG scale of the all-weak steps (default: s1); 1 runs them unguided (one forward pass, counted so)
     seed    the seed index (seed * 1_000_000 is the first sample's seed)
 
     python benchmarks/fewer_steps.py --ckpt u1k=DISTILLED.safetensors --csv OUT.csv --num-samples 500 \\
@@ -109,8 +109,9 @@ def key_of(row: dict) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------- compute
-def step_costs(model, schedule, guid: str, guided: bool = True) -> tuple[list[int], int]:
-    """Per-step MACs per sample (merged LoRAs) and the MACs of one all-powerful guided step."""
+def step_costs(model, schedule, guid: str, guided: bool = True, s0: float | None = None) -> tuple[list[int], int]:
+    """Per-step MACs per sample (merged LoRAs) and the MACs of one all-powerful guided step. With s0 == 1 the
+    all-weak steps run unguided: one forward pass (the conditional one)."""
     from flexcli.profiling.flops import forward_cost
 
     cfg, p0 = model.config, model.config.patch_size
@@ -118,8 +119,9 @@ def step_costs(model, schedule, guid: str, guided: bool = True) -> tuple[list[in
     def one(p, b):
         return forward_cost(cfg, p, b).macs
     costs = []
+    weak = max(p for p, _ in schedule.pairs()) if schedule.pairs() else p0
     for pc, pu in schedule.pairs():
-        if not guided:
+        if not guided or (s0 == 1 and pc == pu == weak != p0):
             costs.append(one(pc, 1))
         elif pc == pu:
             costs.append(one(pc, 2))
@@ -144,8 +146,8 @@ def make_denoiser(model, plan, y, guid: str, s0: float, weak: int):
     def denoise(x, step, t):
         pc, pu = plan.schedule.cond[step], plan.schedule.uncond[step]
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        if not plan.guided:
-            return model(x, tt, y, patch_size=pc)
+        if not plan.guided or (s0 == 1 and pc == pu == weak):
+            return model(x, tt, y, patch_size=pc)  # s0 = 1: unguided all-weak steps, one forward pass
         if guid == "both" and pc < pu:
             cond = model(x, tt, y, patch_size=pc)
             wc, wn = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, null]), patch_size=pu).chunk(2)
@@ -179,8 +181,8 @@ def run_cell(model, cell: dict, num_samples: int, batch_size: int):
                        batch_size=batch_size, merge_lora=True, dtype="float32")
     plan = make_plan(cfg, model)
     weak = min(p for p in model.patch_sizes if p != model.config.patch_size)
-    costs, base = step_costs(model, plan.schedule, cell["guid"], plan.guided)
-    if cell["guid"] != "both":
+    costs, base = step_costs(model, plan.schedule, cell["guid"], plan.guided, cell["_s0"])
+    if cell["guid"] != "both" and cell["_s0"] != 1:
         assert costs == plan.step_macs and base == plan.baseline_step_macs, "FLOPs differ from flexcli sample's"
     same = sum(costs) / (base * plan.schedule.steps)
     compute = sum(costs) / (base * BASE_STEPS)
@@ -292,7 +294,7 @@ def main(argv=None) -> int:
             m = model_for(c["ckpt"])
             plan = make_plan(SampleConfig(num_samples=1, steps=c["steps"], solver=c["solver"],
                                           cfg_scale=float(c["s1"]), schedule=c["sched"], merge_lora=True), m)
-            costs, base = step_costs(m, plan.schedule, c["guid"], plan.guided)
+            costs, base = step_costs(m, plan.schedule, c["guid"], plan.guided, c["_s0"])
             print(f"{sum(costs) / (base * BASE_STEPS):.4f}  " + " ".join(f"{k}={c[k]}" for k in KEY))
         return 0
 
