@@ -7,8 +7,13 @@ shipped classifier's feature space (`--features fmnist`) against the first `--re
 and the class accuracy of the shipped classifier, and appends one CSV row. Cells already in the CSV are skipped
 (resumable); several processes may share one CSV (`--shard i/n`, appends under a file lock).
 
-Compute: the exact FLOPs model of `flexcli sample` with merged LoRAs. `compute` is relative to the all-powerful
-50-step baseline with guidance (= steps/50 x `compute_same_steps`, run.json's flops.compute_fraction).
+Sampling: cells that `flexcli sample` can express (guid cfg or weak, s0 = s1) run through `flexcli.sampling`
+itself (`sample_latents`); the others (a per-phase s0, the `both` mode) run the library's loop and denoiser with
+only those steps replaced (`make_denoiser` here).
+
+Compute: the exact FLOPs model of `flexcli sample` (`flexcli.compute`) with merged LoRAs. `compute` is relative to
+the all-powerful 50-step baseline with guidance (= steps/50 x `compute_same_steps`, run.json's
+flops.compute_fraction).
 
 Cell grid (`--grid`, repeatable): `key=v1,v2,...` items separated by `;`, the cartesian product of the values:
     ckpt    names given with --ckpt NAME=PATH
@@ -76,7 +81,7 @@ def _num(x: float) -> str:
 
 def canonical(c: dict, num_samples: int) -> dict:
     """The cell's CSV key: s2 resolved (empty where no step uses it), s0 resolved (empty without weak steps)."""
-    from flexcli.diffusion.guidance import linked_weak_scale
+    from flexcli.diffusion.schedule import linked_weak_scale
 
     steps = int(c["steps"])
     sched = c["sched"].replace("+", ",")
@@ -90,16 +95,31 @@ def canonical(c: dict, num_samples: int) -> dict:
     return out
 
 
-def finish_key(cell: dict, schedule, weak: int) -> dict:
+def weak_of(model):
+    """The weak patch size x/y schedules use: the smallest-volume one besides the powerful size (None if none)."""
+    from flexcli.flex.patches import volume
+
+    p0 = model.patch_sizes[0]
+    return min((p for p in model.patch_sizes if p != p0), key=lambda q: (volume(q), str(q)), default=None)
+
+
+def _weak_guided(pc, pu) -> bool:
+    """Whether a step of a weak (or both) cell has a weak guidance branch (flexcli's own predicate)."""
+    from flexcli.diffusion.schedule import uses_weak_guidance
+
+    return uses_weak_guidance(pc, pu, "weak")
+
+
+def finish_key(cell: dict, schedule, weak) -> dict:
     """Fill s2/s0 in the key only where the schedule has steps that use them."""
     pairs = schedule.pairs()
-    if cell["guid"] in ("weak", "both") and any(pc < pu for pc, pu in pairs):
+    if cell["guid"] in ("weak", "both") and any(_weak_guided(pc, pu) for pc, pu in pairs):
         cell["s2"] = _num(cell["_s2"])
     if any(pc == pu == weak for pc, pu in pairs):
         cell["s0"] = _num(cell["_s0"])
     else:
         cell["_s0"] = float(cell["s1"])
-    if cell["guid"] in ("weak", "both") and not any(pc < pu for pc, pu in pairs):
+    if cell["guid"] in ("weak", "both") and not any(_weak_guided(pc, pu) for pc, pu in pairs):
         cell["guid"] = "cfg"  # the same sampler: no step has a weak guidance branch
     return cell
 
@@ -108,95 +128,115 @@ def key_of(row: dict) -> tuple:
     return tuple(str(row[k]) for k in KEY)
 
 
+def sample_config(cell: dict, num_samples: int, batch_size: int):
+    """flexcli sample's settings for a cell (`both` samples with the library's weak guidance plus its own steps)."""
+    from flexcli.sampling import SampleConfig
+
+    return SampleConfig(num_samples=num_samples, steps=int(cell["steps"]), solver=cell["solver"],
+                        cfg_scale=float(cell["s1"]), cfg_scale_weak=cell["_s2"],
+                        guidance="weak" if cell["guid"] in ("weak", "both") else "cfg",
+                        class_labels=list(range(10)), seed=int(cell["seed"]) * 1_000_000, schedule=cell["sched"],
+                        batch_size=batch_size, merge_lora=True, dtype="float32")
+
+
+def library_cell(cell: dict) -> bool:
+    """Whether `flexcli.sampling` samples this cell as it is: CFG or weak guidance with one CFG scale for every
+    step (s0 = s1). The per-phase s0 and the `both` mode are this script's own."""
+    return cell["guid"] in ("cfg", "weak") and cell["_s0"] == float(cell["s1"])
+
+
 # ---------------------------------------------------------------------------------------------- compute
 def step_costs(model, schedule, guid: str, guided: bool = True, s0: float | None = None) -> tuple[list[int], int]:
-    """Per-step MACs per sample (merged LoRAs) and the MACs of one all-powerful guided step. With s0 == 1 the
-    all-weak steps run unguided: one forward pass (the conditional one)."""
-    from flexcli.profiling.flops import forward_cost
+    """Per-step MACs per sample and the MACs of one all-powerful guided step, from flexcli's one compute model
+    (`flexcli.compute.model_step_cost`; merged LoRAs cost nothing). With s0 == 1 the all-weak steps run unguided:
+    one forward pass (the conditional one); `both` steps run the weak size for both guidance branches."""
+    from flexcli.compute import model_step_cost
 
-    cfg, p0 = model.config, model.config.patch_size
-
-    def one(p, b):
-        return forward_cost(cfg, p, b).macs
+    cost = model_step_cost(model)
+    p0, weak = model.patch_sizes[0], weak_of(model)
     costs = []
-    weak = max(p for p, _ in schedule.pairs()) if schedule.pairs() else p0
     for pc, pu in schedule.pairs():
-        if not guided or (s0 == 1 and pc == pu == weak != p0):
-            costs.append(one(pc, 1))
-        elif pc == pu:
-            costs.append(one(pc, 2))
-        elif guid == "both" and pc < pu:
-            costs.append(one(pc, 1) + one(pu, 2))
+        if not guided or (s0 == 1 and pc == pu == weak):
+            costs.append(cost(pc, None))
+        elif guid == "both" and _weak_guided(pc, pu):
+            costs.append(cost(pc, None) + cost(pu, pu))
         else:
-            costs.append(one(pc, 1) + one(pu, 1))
-    return costs, one(p0, 2)
+            costs.append(cost(pc, pu))
+    return costs, cost(p0, p0)
 
 
 # ---------------------------------------------------------------------------------------------- sampling
-def make_denoiser(model, plan, y, guid: str, s0: float, weak: int):
-    """flexcli.sampling.make_denoiser (separate packing, float32) with a per-phase CFG scale s0 for the all-weak
-    steps and the `both` mode. With s0 == s1 and guid in (cfg, weak) it computes exactly what the library does."""
+def make_denoiser(model, cfg, plan, y, null, guid: str, s0: float, weak):
+    """`flexcli.sampling.make_denoiser` with what it lacks: a CFG scale s0 of its own for the all-weak steps
+    (s0 = 1: unguided, one forward pass) and the `both` mode's steps. Every other step is the library's."""
     import torch
 
-    from flexcli.diffusion import guidance as G
+    from flexcli.diffusion import schedule as G
+    from flexcli.sampling import make_denoiser as library_denoiser
 
-    c = model.config.in_channels
-    null = torch.full_like(y, model.config.num_classes)
+    lib = library_denoiser(model, cfg, plan, y, null)
+    c = plan.latent_shape[0]
 
     def denoise(x, step, t):
         pc, pu = plan.schedule.cond[step], plan.schedule.uncond[step]
+        own_s0 = plan.guided and pc == pu == weak and s0 != plan.s1
+        own_both = plan.guided and guid == "both" and _weak_guided(pc, pu)
+        if not (own_s0 or own_both):
+            return lib(x, step, t)
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        if not plan.guided or (s0 == 1 and pc == pu == weak):
+        if own_s0 and s0 == 1:
             return model(x, tt, y, patch_size=pc)  # s0 = 1: unguided all-weak steps, one forward pass
-        if guid == "both" and pc < pu:
-            cond = model(x, tt, y, patch_size=pc)
-            wc, wn = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, null]), patch_size=pu).chunk(2)
-            g = cond[:, :c] + (plan.s2 - 1) * (cond[:, :c] - wc[:, :c]) + (plan.s1 - 1) * (wc[:, :c] - wn[:, :c])
-            return torch.cat([g, cond[:, c:]], dim=1)
-        mode = "weak" if guid in ("weak", "both") else "cfg"
-        yg = y if G.uses_weak_guidance(pc, pu, mode) else null
-        if pc == pu:
-            cond, guide = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, yg]), patch_size=pc).chunk(2)
-        else:
-            cond, guide = model(x, tt, y, patch_size=pc), model(x, tt, yg, patch_size=pu)
-        scale = G.step_scale(pc, pu, plan.s1, plan.s2, mode)
-        if pc == pu == weak:
-            scale = s0
-        return G.combine(cond, guide, scale, c, None)
+        if own_s0:
+            both = model.cat_conditions([y, null])
+            cond, guide = model(torch.cat([x, x]), torch.cat([tt, tt]), both, patch_size=pc).chunk(2)
+            return G.combine(cond, guide, s0, c, cfg.guided_channels)
+        # both: e_c,P + (s2 - 1)(e_c,P - e_c,w) + (s1 - 1)(e_c,w - e_null,w)
+        cond = model(x, tt, y, patch_size=pc)
+        wc, wn = model(torch.cat([x, x]), torch.cat([tt, tt]), model.cat_conditions([y, null]),
+                       patch_size=pu).chunk(2)
+        g = cond[:, :c] + (plan.s2 - 1) * (cond[:, :c] - wc[:, :c]) + (plan.s1 - 1) * (wc[:, :c] - wn[:, :c])
+        return torch.cat([g, cond[:, c:]], dim=1)
     return denoise
 
 
-def run_cell(model, cell: dict, num_samples: int, batch_size: int):
-    """(uint8 NHWC images, labels, compute_same_steps, compute) for one cell."""
+def own_latents(model, cfg, plan, guid: str, s0: float, weak, device="cpu"):
+    """`flexcli.sampling.sample_latents`'s loop (the same per-sample seeds, noise and labels) with this script's
+    denoiser."""
     import torch
 
     from flexcli.diffusion.samplers import make_generators, per_sample_noise, run_solver
-    from flexcli.io.samples import to_uint8
-    from flexcli.sampling import SampleConfig, make_plan
 
-    lib_guid = "weak" if cell["guid"] in ("weak", "both") else "cfg"
-    cfg = SampleConfig(num_samples=num_samples, steps=cell["steps"], solver=cell["solver"],
-                       cfg_scale=float(cell["s1"]), cfg_scale_weak=cell["_s2"], guidance=lib_guid,
-                       class_labels=list(range(10)), seed=cell["seed"] * 1_000_000, schedule=cell["sched"],
-                       batch_size=batch_size, merge_lora=True, dtype="float32")
+    out = []
+    with torch.no_grad():
+        for start in range(0, cfg.num_samples, cfg.batch_size):
+            idx = list(range(start, min(cfg.num_samples, start + cfg.batch_size)))
+            gens = make_generators([cfg.seed + i for i in idx])
+            x = per_sample_noise((len(idx), *plan.latent_shape), gens, device)
+            y, null = plan.conditioning.batch(idx, device)
+            den = make_denoiser(model, cfg, plan, y, null, guid, s0, weak)
+            out.append(run_solver(plan.solver, den, x, plan.diffusion, gens, eta=cfg.eta).cpu())
+    return torch.cat(out)
+
+
+def run_cell(model, cell: dict, num_samples: int, batch_size: int, sampler=None):
+    """(uint8 NHWC images, labels, compute_same_steps, compute) for one cell. `sampler` runs the forward passes
+    (e.g. a torch.compile'd `model`); the plan and costs come from `model`."""
+    from flexcli.io.samples import to_uint8
+    from flexcli.sampling import make_plan, sample_latents
+
+    sampler = sampler if sampler is not None else model
+    cfg = sample_config(cell, num_samples, batch_size)
     plan = make_plan(cfg, model)
-    weak = min(p for p in model.patch_sizes if p != model.config.patch_size)
     costs, base = step_costs(model, plan.schedule, cell["guid"], plan.guided, cell["_s0"])
     if cell["guid"] != "both" and cell["_s0"] != 1:
         assert costs == plan.step_macs and base == plan.baseline_step_macs, "FLOPs differ from flexcli sample's"
     same = sum(costs) / (base * plan.schedule.steps)
     compute = sum(costs) / (base * BASE_STEPS)
-    mc = model.config
-    out = []
-    with torch.no_grad():
-        for start in range(0, num_samples, batch_size):
-            idx = list(range(start, min(num_samples, start + batch_size)))
-            gens = make_generators([cfg.seed + i for i in idx])
-            x = per_sample_noise((len(idx), mc.in_channels, mc.input_size, mc.input_size), gens, "cpu")
-            y = torch.tensor([plan.labels[i] for i in idx], dtype=torch.long)
-            den = make_denoiser(model, plan, y, cell["guid"], cell["_s0"], weak)
-            out.append(run_solver(cfg.solver, den, x, plan.diffusion, gens, eta=cfg.eta))
-    images = to_uint8(torch.cat(out).float())
+    if library_cell(cell):
+        latents = sample_latents(sampler, cfg, plan, list(range(num_samples)), "cpu")
+    else:
+        latents = own_latents(sampler, cfg, plan, cell["guid"], cell["_s0"], weak_of(model))
+    images = to_uint8(latents.float())
     return images.numpy(), plan.labels, same, compute
 
 
@@ -275,15 +315,13 @@ def main(argv=None) -> int:
             if c["ckpt"] not in ckpts:
                 raise SystemExit(f"checkpoint {c['ckpt']!r} not given with --ckpt")
             cells.append(canonical(c, a.num_samples))
-    from flexcli.sampling import SampleConfig, make_plan
+    from flexcli.sampling import make_plan
 
     seen, todo = set(), []
     for c in cells:
         m = model_for(c["ckpt"])
-        plan = make_plan(SampleConfig(num_samples=1, steps=c["steps"], solver=c["solver"], cfg_scale=float(c["s1"]),
-                                      schedule=c["sched"], merge_lora=True), m)
-        weak = min(p for p in m.patch_sizes if p != m.config.patch_size)
-        c = finish_key(c, plan.schedule, weak)
+        plan = make_plan(sample_config(c, 1, 1), m)
+        c = finish_key(c, plan.schedule, weak_of(m))
         if key_of(c) not in seen:
             seen.add(key_of(c))
             todo.append(c)
@@ -292,14 +330,13 @@ def main(argv=None) -> int:
     if a.list:
         for c in todo:
             m = model_for(c["ckpt"])
-            plan = make_plan(SampleConfig(num_samples=1, steps=c["steps"], solver=c["solver"],
-                                          cfg_scale=float(c["s1"]), schedule=c["sched"], merge_lora=True), m)
+            plan = make_plan(sample_config(c, 1, 1), m)
             costs, base = step_costs(m, plan.schedule, c["guid"], plan.guided, c["_s0"])
             print(f"{sum(costs) / (base * BASE_STEPS):.4f}  " + " ".join(f"{k}={c[k]}" for k in KEY))
         return 0
 
     from fmnist_claims import _init_worker, score
-    from flexcli.mainjob import write_reference
+    from flexcli.builtin.demo import write_reference
 
     a.work.mkdir(parents=True, exist_ok=True)
     ref = a.work / f"ref{a.ref_images}.npz"
@@ -313,7 +350,8 @@ def main(argv=None) -> int:
         if key_of(c) in done:
             continue
         start = time.perf_counter()
-        images, labels, same, compute = run_cell(sampler_for(c["ckpt"]), c, a.num_samples, a.batch_size)
+        images, labels, same, compute = run_cell(model_for(c["ckpt"]), c, a.num_samples, a.batch_size,
+                                                 sampler=sampler_for(c["ckpt"]))
         m = score(images, labels)
         row = {k: c[k] for k in KEY}
         row.update(compute=round(compute, 6), compute_same_steps=round(same, 6),

@@ -1,6 +1,6 @@
 """Issue #16: distil the built-in default's weak mode (patch 8) with the demo's settings and with variants.
 
-The demo's checkpoint (`flexcli demo`): `flexcli.mainjob.distill_config(1000 steps, batch 64, lr 1e-3,
+The demo's checkpoint (`flexcli demo`): `flexcli.builtin.demo.distill_config(1000 steps, batch 64, lr 1e-3,
 data_limit 4096, seed 0)` on the shipped base flexified with `-p 8`. Variants change only the keys given:
 
     python benchmarks/fewer_steps_distill.py --out DIR                                  # the demo's settings
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     import torch
 
     from flexcli.api import flexify_checkpoint
-    from flexcli.mainjob import BASE, distill_config
+    from flexcli.builtin.demo import BASE, distill_config
     from flexcli.train import distill
 
     torch.set_num_threads(a.threads)

@@ -58,8 +58,8 @@ def nums(r) -> str:
 def paired(df: pd.DataFrame, a, b) -> str:
     def sel(r):
         s = df
-        for k in KEY:
-            s = s[s[k].astype(str) == str(getattr(r, k))]
+        for k in KEY:  # empty s2/s0 are NaN in df and "" in the cell table
+            s = s[s[k].fillna("").astype(str) == str(getattr(r, k))]
         return s.set_index("seed")
     A, B = sel(a), sel(b)
     d = (B.fid / A.fid - 1).dropna() * 100
