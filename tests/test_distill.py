@@ -211,6 +211,10 @@ def test_mmd_and_timestep_sampling():
     low = objectives.sample_timesteps(4000, g, "low", 2.0).float().mean()
     uni = objectives.sample_timesteps(4000, g, "uniform").float().mean()
     assert 300 < low < 370 and 470 < uni < 530  # E[1000 u^2] = 333
+    high = objectives.sample_timesteps(4000, g, "high", 2.0)
+    assert 630 < high.float().mean() < 700 and int(high.min()) >= 0 and int(high.max()) == 999  # E = 999 - 333
+    assert torch.equal(objectives.sample_timesteps(8, torch.Generator().manual_seed(1), "high", 2.0),
+                       999 - objectives.sample_timesteps(8, torch.Generator().manual_seed(1), "low", 2.0))
 
 
 def test_gradient_accumulation_matches_one_big_batch_and_bf16_runs(tmp_path):

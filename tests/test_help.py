@@ -43,7 +43,7 @@ def _enums() -> dict:
     return {("sample", "--solver"): ALL_SOLVERS, ("sample", "--guidance"): GUIDANCE_MODES,
             ("sample", "--order"): ORDERS, ("sample", "--packing"): PACKING, ("sample", "--dtype"): tuple(DTYPES),
             ("flexify", "--mode"): MODES, ("distill", "--precision"): PRECISIONS,
-            ("distill", "--timesteps"): TIMESTEP_SAMPLING, ("profile", "--solver"): SOLVERS,
+            ("distill", "--timesteps"): TIMESTEP_SAMPLING, ("profile", "--solver"): SOLVERS, ("evaluate", "--solver"): SOLVERS,
             ("profile", "--dtype"): tuple(PROFILE_DTYPES)}
 
 

@@ -170,3 +170,17 @@ def test_end_to_end_flexify_distil_sample(tmp_path):
         assert record["flops"]["total"] == 2 * total and record["solver"]["name"] == "flow-unipc"
         assert record["prompts"] == ["a cat", "a dog"] and record["model"]["patch_sizes"] == [[1, 2, 2], [1, 4, 4],
                                                                                                [2, 2, 2]]
+
+
+def test_sigma_sampling_biases():
+    """`low` leans to small noise levels, `high` (its mirror image) to large ones; all stay in (0, 1]."""
+    import torch
+
+    from flexcli.train.flow import sample_sigmas
+
+    draw = {how: sample_sigmas(4000, torch.Generator().manual_seed(0), how, 2.0, shift=1.0)
+            for how in ("low", "uniform", "high")}
+    assert all(float(s.min()) > 0 and float(s.max()) <= 1 for s in draw.values())
+    assert 0.30 < draw["low"].mean() < 0.37  # E[u^2] = 1/3
+    assert 0.47 < draw["uniform"].mean() < 0.53
+    assert 0.63 < draw["high"].mean() < 0.70  # 1 - 1/3

@@ -62,7 +62,7 @@ def distill(
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay (0 = off); warmed up by default."),
     patch_size: Optional[list[str]] = typer.Option(None, "--patch-size", "-p", help="Patch size to train (repeatable): 4; video 2,2,2."),
-    timesteps: Optional[str] = typer.Option(None, metavar="<uniform|low>", help="Timestep sampling: uniform or low (biased to small t)."),
+    timesteps: Optional[str] = typer.Option(None, metavar="<uniform|low|high>", help="Timestep sampling: uniform, low (biased to small t) or high (biased to large t)."),
     sigma_weight: Optional[float] = typer.Option(None, help="LoRA mode: weight of the variance channels."),
     distill_weight: Optional[float] = typer.Option(None, help="Shared mode: weight of the distillation term."),
     mmd_weight: Optional[float] = typer.Option(None, help="Shared mode: weight of the bootstrapped MMD loss (App. B.1)."),

@@ -23,7 +23,7 @@ def evaluate(
     vae: Optional[Path] = typer.Option(None, help="Sweep: local AutoencoderKL folder for latent models (as in flexcli sample)."),
     sample_recipe: Optional[Path] = typer.Option(None, help="Sweep: flexcli sample recipe YAML for other sampling settings."),
     steps: Optional[int] = typer.Option(None, help="Base step count: compute is relative to the all-powerful run at it; schedules run at it (default: in a sweep 250, or iddpm 100, dpm-solver 20, sa-solver 25; with --samples the most steps of any run, else 250)."),
-    solver: Optional[str] = typer.Option(None, help="Sweep: the sampler's solver (as flexcli sample --solver)."),
+    solver: Optional[str] = typer.Option(None, metavar="<ddpm|ddim|dpm++2m|iddpm|dpm-solver|sa-solver>", help="Sweep: the sampler's solver (as flexcli sample --solver)."),
     text_encoder: Optional[str] = typer.Option(None, help="Sweep, text-to-image: local text encoder folder or minilm; the samples' prompts are --prompts."),
     inception_weights: Optional[Path] = typer.Option(None, help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth."),
     features: str = typer.Option("inception", metavar="<inception|fmnist|NAME>", help="Feature extractor: inception, fmnist (the built-in Fashion-MNIST classifier; adds class accuracy) or a registered project extractor."),

@@ -13,7 +13,7 @@ from flexcli import checks, config
 from flexcli.errors import FlexcliError
 from flexcli.recipes import read_recipe
 
-TIMESTEP_SAMPLING = ("uniform", "low")
+TIMESTEP_SAMPLING = ("uniform", "low", "high")
 PRECISIONS = ("auto", "fp32", "bf16")
 SAVE_WEIGHTS = ("ema", "raw")
 
@@ -37,7 +37,8 @@ class DistillConfig:
     mmd_weak_steps: int = 2
     mmd_powerful_steps: int = 2
     mmd_respacing: int = 250  # the DDPM schedule of the bootstrap chain (the inference schedule)
-    timesteps: str = "uniform"  # uniform or low (t = floor(1000 * u**t_bias_power): biased to small t, C.2)
+    timesteps: str = "uniform"  # uniform, low (t = floor(1000 * u**t_bias_power): biased to small t, C.2) or
+    # high (t = 999 - floor(1000 * u**t_bias_power): biased to large t, where weak-first schedules run the weak mode)
     t_bias_power: float = 2.0
     flow_shift: float = 3.0  # flow-matching models (Wan): sigma = s u / (1 + (s - 1) u), as the 480p sampler
     # optimisation
@@ -71,7 +72,7 @@ def validate(cfg: DistillConfig, where: str = "config") -> DistillConfig:
 
     checks.finite_fields(cfg, lambda key: f"{where}: {key}")
     need(cfg.mode in ("auto", "lora", "shared"), f"mode '{cfg.mode}' is unknown", "use auto, lora or shared")
-    need(cfg.timesteps in TIMESTEP_SAMPLING, f"timesteps '{cfg.timesteps}' is unknown", "use uniform or low")
+    need(cfg.timesteps in TIMESTEP_SAMPLING, f"timesteps '{cfg.timesteps}' is unknown", "use uniform, low or high")
     need(cfg.precision in PRECISIONS, f"precision '{cfg.precision}' is unknown", "use auto, fp32 or bf16")
     need(cfg.save_weights in SAVE_WEIGHTS, f"save_weights '{cfg.save_weights}' is unknown", "use ema or raw")
     need(cfg.steps > 0, "steps must be positive", "set steps >= 1")

@@ -1,7 +1,7 @@
 """Distillation draws for flow-matching text-to-video models (Wan, issue #14).
 
 x_sigma = (1 - sigma) x0 + sigma noise and the model sees t = 1000 sigma (as at inference). sigma is drawn as
-Wan's sampler spaces it: u uniform (or u^power for `timesteps: low`, biased to small sigma, App. C.2), then
+Wan's sampler spaces it: u uniform (or u^power for `timesteps: low`, biased to small sigma, App. C.2, and its mirror image for `high`), then
 shifted, sigma = s u / (1 + (s - 1) u), with the run's flow shift s (3.0: the 480p sampling shift). The
 objective is the paper's §3.2 distillation with velocities for eps: || v(x; p_powerful) - v(x; p_weak) ||^2,
 the teacher being the same model at its pretrained size (frozen, LoRAs inactive); shared mode adds the
@@ -21,6 +21,8 @@ def sample_sigmas(n: int, generator: torch.Generator, how: str = "uniform", powe
     u = 1.0 - torch.rand(n, generator=generator, dtype=torch.float64)  # (0, 1]
     if how == "low":
         u = u ** power
+    elif how == "high":  # the mirror image: biased to large sigma, where weak-first schedules run the weak mode
+        u = 1.0 - (1.0 - u) ** power
     return (shift * u / (1 + (shift - 1) * u)).float()
 
 

@@ -24,11 +24,14 @@ from flexcli.diffusion.process import GaussianDiffusion, mean_flat
 
 def sample_timesteps(n: int, generator: torch.Generator, how: str = "uniform", power: float = 2.0,
                      num_timesteps: int = 1000) -> torch.Tensor:
-    """(n,) int64 timesteps: uniform on 0..T-1, or `low` = floor(T * u**power) (biased toward small t, C.2)."""
+    """(n,) int64 timesteps: uniform on 0..T-1, `low` = floor(T * u**power) (biased toward small t, C.2), or
+    `high` = T - 1 - floor(T * u**power) (its mirror image, biased toward large t: where weak-first schedules run
+    the weak mode)."""
     if how == "uniform":
         return torch.randint(0, num_timesteps, (n,), generator=generator)
     u = torch.rand(n, generator=generator, dtype=torch.float64)
-    return (num_timesteps * u ** power).long().clamp_(0, num_timesteps - 1)
+    low = (num_timesteps * u ** power).long().clamp_(0, num_timesteps - 1)
+    return num_timesteps - 1 - low if how == "high" else low
 
 
 def drop_labels(labels: torch.Tensor, prob: float, null_class: int, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,129 @@
+"""Every benchmark script still imports and parses its command line against the current package layout, and the
+#16 fewer-steps script still computes what its committed CSVs hold (issue #16: a refactor once broke them
+silently, because their flexcli imports sit inside functions)."""
+import ast
+import csv
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if not p.stem.startswith("_"))
+BASE = ROOT / "flexcli" / "assets" / "fashion_mnist_dit" / "model.safetensors"
+FEWER = BENCH / "results" / "fewer_steps"
+
+
+def _load(name: str, monkeypatch):
+    """Import benchmarks/NAME.py as its own command line would (benchmarks/ and the repository on sys.path)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _flexcli_imports(path: Path):
+    """(line, module, name or None) of every flexcli import, at any level (most scripts import lazily)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name, None) for a in node.names if a.name.startswith("flexcli"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("flexcli"):
+            yield from ((node.lineno, node.module, a.name) for a in node.names)
+
+
+@pytest.mark.parametrize("name", SCRIPTS + ["_common"])
+def test_every_flexcli_import_resolves(name):
+    missing = []
+    for line, module, attr in _flexcli_imports(BENCH / f"{name}.py"):
+        try:
+            mod = importlib.import_module(module)
+            if attr is not None and not hasattr(mod, attr):
+                importlib.import_module(f"{module}.{attr}")
+        except ImportError:
+            missing.append(f"{name}.py:{line}: {module}" + (f".{attr}" if attr else ""))
+    assert not missing, "benchmark imports that no longer exist: " + ", ".join(missing)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_imports_and_prints_help(name, monkeypatch, capsys):
+    mod = _load(name, monkeypatch)
+    if name == "profile_summary":  # no argparse: too few arguments print the usage
+        assert mod.main([]) == 2 and "profile_summary.py OUTDIR" in capsys.readouterr().err
+        return
+    with pytest.raises(SystemExit) as exit_:
+        mod.main(["--help"])
+    assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- fewer_steps.py
+@pytest.fixture(scope="module")
+def flex_base(tmp_path_factory):
+    """The shipped base flexified with -p 8, as the committed screening runs used it (undistilled: the FLOPs and
+    the schedule do not depend on the LoRA weights)."""
+    if not BASE.exists():
+        pytest.skip("shipped base checkpoint missing")
+    from flexcli.api import flexify_checkpoint
+
+    out = tmp_path_factory.mktemp("flex") / "flex.safetensors"
+    flexify_checkpoint(BASE, [8], out, force=True)
+    return out
+
+
+def _cell(fs, model, grid: str, num_samples: int = 400):
+    from flexcli.sampling import make_plan
+
+    c = fs.canonical(fs.parse_grid(grid)[0], num_samples)
+    return fs.finish_key(c, make_plan(fs.sample_config(c, 1, 1), model).schedule, fs.weak_of(model))
+
+
+def test_fewer_steps_reproduces_the_committed_keys_and_compute(flex_base, monkeypatch):
+    """Each committed screening row's key and compute come out of the ported script unchanged."""
+    from flexcli.api import load_model
+    from flexcli.sampling import make_plan
+
+    fs = _load("fewer_steps", monkeypatch)
+    model = load_model(flex_base, merge_lora=True).eval()
+    rows = [r for f in ("screen.csv", "screen_flex.csv") for r in csv.DictReader(open(FEWER / f, newline=""))]
+    assert rows
+    for r in rows:
+        grid = ";".join(f"{k}={r[k]}".replace(",", "+")
+                        for k in ("ckpt", "solver", "steps", "sched", "guid", "s1", "s2", "s0", "seed") if r[k] != "")
+        c = _cell(fs, model, grid, int(r["num_samples"]))
+        assert fs.key_of(c) == fs.key_of(r), grid
+        plan = make_plan(fs.sample_config(c, 1, 1), model)
+        costs, base = fs.step_costs(model, plan.schedule, c["guid"], plan.guided, c["_s0"])
+        assert round(sum(costs) / (base * fs.BASE_STEPS), 6) == pytest.approx(float(r["compute"]), abs=1e-6), grid
+        assert round(sum(costs) / (base * plan.schedule.steps), 6) == pytest.approx(float(r["compute_same_steps"]),
+                                                                                    abs=1e-6), grid
+
+
+def test_fewer_steps_own_loop_equals_the_library(flex_base, monkeypatch, capsys):
+    """The script's loop and denoiser (used for s0 and `both`) give flexcli.sampling's latents exactly where the
+    library can express the cell, and its own steps change only what they should."""
+    from flexcli.api import load_model
+    from flexcli.sampling import make_plan, sample_latents
+
+    fs = _load("fewer_steps", monkeypatch)
+    model = load_model(flex_base, merge_lora=True).eval()
+    weak = fs.weak_of(model)
+    outs = {}
+    for grid in ("ckpt=a;solver=ddpm;steps=4;sched=2/1;guid=weak;s1=4",
+                 "ckpt=a;solver=ddpm;steps=4;sched=2/1;guid=weak;s1=4;s0=1",
+                 "ckpt=a;solver=ddpm;steps=4;sched=2/1;guid=both;s1=4"):
+        c = _cell(fs, model, grid, 2)
+        cfg = fs.sample_config(c, 2, 2)
+        plan = make_plan(cfg, model)
+        outs[grid] = fs.own_latents(model, cfg, plan, c["guid"], c["_s0"], weak)
+        if fs.library_cell(c):
+            assert torch.equal(outs[grid], sample_latents(model, cfg, plan, [0, 1], "cpu"))
+    assert len({tuple(v.flatten()[:8].tolist()) for v in outs.values()}) == 3  # s0 and both do change the samples
+    assert fs.main(["--ckpt", f"a={flex_base}", "--csv", str(flex_base.with_suffix(".csv")), "--list",
+                    "--grid", "ckpt=a;solver=ddpm;steps=50,30;sched=P,30/15;guid=weak;s1=4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["1.0000", "0.5850", "0.6000", "0.4868"]
+    assert not flex_base.with_suffix(".csv").exists()
