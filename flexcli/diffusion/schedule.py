@@ -72,8 +72,9 @@ def _segments(spec: str, part: str, steps: int) -> tuple:
     out: list = []
     for item in part.split(","):
         m = re.fullmatch(r"\s*(\d+(?:x\d+)*)\s*:\s*(\d+)\s*", item)
-        if not m:
-            raise _bad(spec, f"'{item.strip()}' is not P:N")
+        if not m:  # a part without any ':' ('-3', 'abc') may have been meant as a count
+            why = "is not P:N" if ":" in part else f"is neither a count of powerful steps (0 to {steps}) nor P:N"
+            raise _bad(spec, f"'{item.strip()}' {why}")
         p, n = named(m.group(1)), int(m.group(2))
         if min(p if isinstance(p, tuple) else (p,)) < 1:
             raise _bad(spec, f"patch size {m.group(1)} is not positive")
@@ -103,11 +104,7 @@ def parse_schedule(spec: str, steps: int, powerful: int, weak: int | None) -> Pa
         w = weak if weak is not None else powerful
         return PatchSchedule(powerful_last(steps, counts[0], powerful, w),
                              powerful_last(steps, counts[1], powerful, w), text)
-    if not any(":" in p for p in parts):
-        numbers = [p for p in parts if re.fullmatch(r"\s*[-+]?\d*\.?\d+\s*", p) and not p.strip().isdigit()]
-        raise _bad(spec, f"{numbers[0].strip()} is not a count of powerful steps (a whole number from 0 to {steps})"
-                   if numbers else "it is neither x/y nor P:N segments")
-    if any(":" not in p for p in parts):
+    if any(":" in p for p in parts) and any(":" not in p for p in parts):
         raise _bad(spec, "mixes the x/y and P:N forms")
     branches = [_segments(spec, p, steps) for p in parts]
     return PatchSchedule(branches[0], branches[-1], text)
