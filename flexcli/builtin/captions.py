@@ -83,13 +83,19 @@ def caption_index(labels: torch.Tensor, seed: int = CAPTION_SEED) -> tuple[list[
 
 
 def encode_cached(prompts: list[str], max_length: int, cache_dir=None):
-    """MiniLM last hidden states (N, L, 384) and masks (N, L) of `prompts`, encoded once (cached in `cache_dir`)."""
+    """MiniLM last hidden states (N, L, 384) and masks (N, L) of `prompts`, encoded once: cached in `cache_dir` and
+    in this process."""
     from flexcli.data.text_data import _encode
 
-    return _encode(_minilm(max_length), prompts, cache_dir)
+    key = (max_length, tuple(prompts))
+    if key not in _ENCODED:
+        _ENCODED.clear()  # one set of captions at a time is all the jobs need
+        _ENCODED[key] = _encode(_minilm(max_length), prompts, cache_dir)
+    return _ENCODED[key]
 
 
 _ENCODERS: dict = {}
+_ENCODED: dict = {}
 
 
 def _minilm(max_length: int):

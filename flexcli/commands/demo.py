@@ -1,4 +1,5 @@
-"""`flexcli demo`: the main job on the built-in Fashion-MNIST default (flexify, distil, sweep, Pareto front)."""
+"""`flexcli demo`: the main job on a built-in default (flexify, distil, sweep, Pareto front): the class-conditional
+Fashion-MNIST DiT (`--family dit`) or the text-to-image PixArt on captioned Fashion-MNIST (`--family t2i`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,24 +9,46 @@ import typer
 
 from flexcli.console import err, result, user_errors
 
+FAMILIES = ("dit", "t2i")
+
 
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the results (pareto.csv, plots, work/)."),
-    quick: bool = typer.Option(False, "--quick", help="A small run (about 3 minutes on 2 CPU cores), as CI runs it."),
-    base: Optional[Path] = typer.Option(None, help="Base checkpoint [default: the shipped DiT-FMNIST/4]."),
+    family: str = typer.Option("dit", "--family", help="dit: the class-conditional default; t2i: the text-to-image "
+                               "one (held-out prompts, FID vs alignment, the Fig. 7 match table)."),
+    quick: bool = typer.Option(False, "--quick", help="A small run (a few minutes on 2 CPU cores), as CI runs it."),
+    base: Optional[Path] = typer.Option(None, help="Base checkpoint [default: the shipped DiT-FMNIST/4 or "
+                                        "PixArt-FMNIST/4]."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML of demo settings (weak_patch, "
                                           "distill_steps, schedules, cfg_scales, ...): defaults or --quick < recipe."),
+    clip_weights: Optional[Path] = typer.Option(None, "--clip-weights", help="t2i: open-clip weights (a local file) "
+                                                "to add the CLIP score beside the classifier alignment."),
+    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="t2i: the open-clip architecture of "
+                                             "--clip-weights [default: ViT-B-32]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
 ) -> None:
-    """Flexify the shipped Fashion-MNIST DiT (weak patch 8), distil it, sweep schedules x guidance scales."""
+    """Flexify a shipped Fashion-MNIST base (weak patch 8), distil it, sweep schedules x guidance scales."""
     with user_errors():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from flexcli.builtin.demo import run_main_job, settings
+        from flexcli.errors import FlexcliError
 
-        job = settings(quick, recipe)
+        if family not in FAMILIES:
+            raise FlexcliError(f"unknown --family '{family}'", f"use one of: {', '.join(FAMILIES)}")
+        if family == "dit" and (clip_weights or clip_model):
+            raise FlexcliError("--clip-weights is for --family t2i", "drop it, or pass --family t2i")
+        if family == "t2i":
+            from flexcli.builtin.demo_t2i import run_t2i_job as run_job, settings
+
+            job = settings(quick, recipe, clip_weights=str(clip_weights) if clip_weights else None,
+                           clip_model=clip_model)
+        else:
+            from flexcli.builtin.demo import run_main_job as run_job, settings
+
+            job = settings(quick, recipe)
         names = {"reference": "reference images", "flexify": f"flexify -p {job.weak_patch}",
-                 "distill": "distil weak mode", "sample": "sample settings", "metrics": "metrics"}
+                 "distill": "distil weak mode", "prompts": "encode prompts", "sample": "sample settings",
+                 "metrics": "metrics"}
         with Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, transient=False) as bar:
             tasks: dict[str, int] = {}
@@ -34,11 +57,13 @@ def demo(
                 if stage not in tasks:
                     tasks[stage] = bar.add_task(names.get(stage, stage), total=total)
                 bar.update(tasks[stage], completed=done, total=total)
-            res = run_main_job(out, quick=quick, base=base, force=force, progress=progress, job=job)
+            res = run_job(out, quick=quick, base=base, force=force, progress=progress, job=job)
         for r in res["rows"]:
-            ca = r.get("class_accuracy")
-            err.print(f"{r['label']:>14}  compute {r['compute_fraction']:.3f}  FID {r['fid']:.3f}  "
-                      f"class acc {ca if ca is None else f'{ca:.3f}'}")
+            ca, al = r.get("class_accuracy"), r.get("alignment")
+            score = f"alignment {al:.1f}" if al is not None else f"class acc {ca if ca is None else f'{ca:.3f}'}"
+            err.print(f"{r['label']:>14}  compute {r['compute_fraction']:.3f}  FID {r['fid']:.3f}  {score}")
+        for note in res.get("notes", []):
+            err.print(note)
         err.print(f"done in {res['seconds']:.0f} s")
         for f in res["files"]:
             result(str(f))
