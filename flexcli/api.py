@@ -8,6 +8,7 @@ from flexcli.errors import FlexcliError
 from flexcli.families import family, read_checkpoint
 from flexcli.flex.core import MODES, FlexModel, flexify_model
 from flexcli.flex.layers import SizeLayerNorm
+from flexcli.flex.resize import patch_key
 from flexcli.io.checkpoint import Checkpoint, file_sha256, save_checkpoint
 from flexcli.version import __version__
 
@@ -66,23 +67,35 @@ def default_output(src: Path) -> Path:
     return src.parent / f"{stem}-flex.safetensors"
 
 
-def validate_weak_patches(config, weak_patches: list[int]) -> list[int]:
+def validate_weak_patches(config, weak_patches: list) -> list:
+    """The weak sizes as flexcli names them (ints for square 2-D, tuples for video), checked against the config:
+    the model's number of axes, not the pretrained size, and (images) dividing the latent."""
+    from flexcli.compute import base_patch_of
+    from flexcli.flex.patches import label, parse_patch, volume
+
     if not weak_patches:
-        raise FlexcliError("no weak patch size given", "pass --weak-patch, e.g. --weak-patch 4")
+        raise FlexcliError("no weak patch size given", "pass --weak-patch, e.g. --weak-patch 4 (video: 2,2,2)")
+    base = base_patch_of(config)
     out = []
-    for p in weak_patches:
-        if p == config.patch_size:
-            raise FlexcliError(f"weak patch {p} equals the pretrained patch size",
-                               f"choose a larger patch, e.g. --weak-patch {2 * config.patch_size}")
-        if p <= 0 or config.input_size % p:
+    for raw in weak_patches:
+        p = parse_patch(raw, len(base))
+        if p == config.patch_size or (len(base) == 3 and p == base):
+            raise FlexcliError(f"weak patch {label(p)} equals the pretrained patch size",
+                               f"choose a larger patch, e.g. --weak-patch "
+                               f"{2 * config.patch_size if len(base) == 2 else '2,2,2 or 1,4,4'}")
+        if len(base) == 3:
+            if any(a < b for a, b in zip(p, base)):
+                raise FlexcliError(f"weak patch {label(p)} is smaller than the pretrained {label(base)} along an "
+                                   "axis", "weak sizes are larger patches: e.g. --weak-patch 2,2,2 or 1,4,4")
+        elif config.input_size % p:
             raise FlexcliError(f"weak patch {p} does not divide the {config.input_size}x{config.input_size} latent",
                                "choose a patch size that divides the latent side")
         if p not in out:
             out.append(p)
-    return sorted(out)
+    return sorted(out, key=lambda q: (volume(q), q))
 
 
-def flexify_checkpoint(src: str | Path, weak_patches: list[int], out: str | Path | None = None, *,
+def flexify_checkpoint(src: str | Path, weak_patches: list, out: str | Path | None = None, *,
                        mode: str = "lora", lora_rank: int = 32, lora_alpha: float | None = None,
                        use_ema: bool = True, force: bool = False,
                        lora_groups: tuple[str, ...] = ()) -> tuple[Path, FlexModel, Checkpoint]:
@@ -147,6 +160,7 @@ def describe(path: str | Path) -> dict:
     return {"path": str(path), "family": ckpt.family, "layout": ckpt.layout, "config": ckpt.config.to_dict(),
             "text": text_info(model), "inferred": ckpt.inferred,
             "flex": flex, "patch_sizes": model.patch_sizes, "params": {"base": base, "added": extra},
+            "latent": list(family(ckpt.family).cost.spatial(ckpt.config)),
             "cost": rows, "flops_convention": "per sample, one forward pass; GFLOPs = 2 x GMACs; matmuls only",
             "source": ckpt.metadata.get("source"), "flexcli_version": __version__}
 
@@ -157,7 +171,7 @@ def text_info(model) -> dict | None:
     if width is None:
         return None
     null = "learned y_embedding" if getattr(model, "y_embedding", None) is not None else "encoded negative prompt"
-    return {"width": width, "tokens": model.config.model_max_length, "null_caption": null}
+    return {"width": width, "tokens": model.text_length, "null_caption": null}
 
 
 def export_loras(path: str | Path, out: str | Path, force: bool = False) -> list[Path]:
@@ -173,4 +187,4 @@ def export_loras(path: str | Path, out: str | Path, force: bool = False) -> list
                            "flexify it first: flexcli flexify CKPT --weak-patch 4")
     with atomic_dir(out) as tmp:
         export_peft_adapters(model, tmp, model.flex.lora_rank, model.flex.lora_alpha)
-    return [out / f"p{p}" for p in model.flex.weak_patch_sizes]
+    return [out / patch_key(p) for p in model.flex.weak_patch_sizes]

@@ -15,18 +15,24 @@ from flexcli.commands.profile import profile
 from flexcli.commands.quickstart import quickstart
 from flexcli.commands.sample import sample
 
+# Help is plain text (rich_markup_mode=None): rich would read "[default: x]" in a help string as markup and drop
+# it, and would show <bool> beside flags. Enumerated options list their choices in their metavar.
 app = typer.Typer(help="Flexible-patch Diffusion Transformers (FlexiDiT): convert, inspect and benchmark DiTs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-app.command()(flexify)
-app.command()(info)
-app.command("export-lora")(export_lora)
-app.command()(profile)
-app.command()(quickstart)
-app.command()(evaluate)
-app.command()(sample)
-app.command()(distill)
-app.command()(demo)
-app.add_typer(builtin_app, name="builtin")
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None,
+                  context_settings={"max_content_width": 120})  # as wide as the terminal, up to 120 columns
+
+
+def short_help(fn) -> str:
+    """The first line of a command's docstring, whole (click would cut it to fit the command list)."""
+    return (fn.__doc__ or "").strip().splitlines()[0]
+
+
+for name, command in (("flexify", flexify), ("info", info), ("export-lora", export_lora), ("profile", profile),
+                      ("quickstart", quickstart), ("evaluate", evaluate), ("sample", sample), ("distill", distill),
+                      ("demo", demo)):
+    app.command(name, short_help=short_help(command))(command)
+app.add_typer(builtin_app, name="builtin",
+              short_help="Train and check the built-in Fashion-MNIST default: its base DiT and domain classifier.")
 
 
 def _version(value: bool) -> None:

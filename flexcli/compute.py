@@ -84,7 +84,7 @@ def forward_cost(cfg, patch_size=None, batch: int = 1, *, lora_rank: int = 0, sh
 
 def packed_forward_cost(cfg, patch_sizes: list, batch: int = 1, *, lora_rank: int = 0,
                         shared_projection: bool = False, dense_attention: bool = True,
-                        lora_targets: tuple | None = None) -> ForwardCost:
+                        input_size=None, lora_targets: tuple | None = None) -> ForwardCost:
     """MACs of one packed forward pass (App. B.2, Fig. 12; `flexcli.flex.core.forward_packed`).
 
     Each of the `batch` rows holds one sequence per entry of `patch_sizes`, back to back, with a block-diagonal
@@ -95,7 +95,7 @@ def packed_forward_cost(cfg, patch_sizes: list, batch: int = 1, *, lora_rank: in
     segment's caption.
     """
     parts = [forward_cost(cfg, p, batch, lora_rank=lora_rank, shared_projection=shared_projection,
-                          lora_targets=lora_targets) for p in patch_sizes]
+                          input_size=input_size, lora_targets=lora_targets) for p in patch_sizes]
     breakdown: dict = {}
     for c in parts:
         for k, v in c.breakdown.items():
@@ -122,15 +122,15 @@ def lora_targets_of(model) -> tuple | None:
     return model.flex.lora_targets if model.flex is not None and model.flex.mode == "lora" else None
 
 
-def model_cost(model, patch_size=None, batch: int = 1, merged: bool = False) -> ForwardCost:
+def model_cost(model, patch_size=None, batch: int = 1, merged: bool = False, input_size=None) -> ForwardCost:
     """`forward_cost` for a built model (its flex mode, LoRA rank, targets and merge state)."""
     shared = model.flex is not None and model.flex.mode == "shared"
     return forward_cost(model.config, patch_size, batch, lora_rank=lora_rank_of(model, merged),
-                        shared_projection=shared, lora_targets=lora_targets_of(model))
+                        shared_projection=shared, input_size=input_size, lora_targets=lora_targets_of(model))
 
 
 def step_cost_fn(config, *, lora_rank: int = 0, shared: bool = False, packing: str = "separate",
-                 dense: bool = True, lora_targets: tuple | None = None) -> StepCost:
+                 dense: bool = True, input_size=None, lora_targets: tuple | None = None) -> StepCost:
     """MACs of one sampling step per sample: (p_cond, p_uncond or None without guidance) -> MACs.
 
     Both branches at one size run as one forward pass of batch 2; different sizes run as two passes
@@ -138,7 +138,7 @@ def step_cost_fn(config, *, lora_rank: int = 0, shared: bool = False, packing: s
     """
     def one(p, batch: int) -> int:
         return forward_cost(config, p, batch, lora_rank=lora_rank, shared_projection=shared,
-                            lora_targets=lora_targets).macs
+                            input_size=input_size, lora_targets=lora_targets).macs
 
     def cost(pc, pu) -> int:
         if pu is None:
@@ -147,13 +147,14 @@ def step_cost_fn(config, *, lora_rank: int = 0, shared: bool = False, packing: s
             return one(pc, 2)
         if packing == "packed":
             return packed_forward_cost(config, [pc, pu], 1, lora_rank=lora_rank, shared_projection=shared,
-                                       dense_attention=dense, lora_targets=lora_targets).macs
+                                       dense_attention=dense, input_size=input_size,
+                                       lora_targets=lora_targets).macs
         return one(pc, 1) + one(pu, 1)
     return cost
 
 
-def model_step_cost(model, packing: str = "separate", dense: bool = True) -> StepCost:
-    """`step_cost_fn` for a built model."""
+def model_step_cost(model, packing: str = "separate", dense: bool = True, input_size=None) -> StepCost:
+    """`step_cost_fn` for a built model (on a latent of `input_size`, default the family's)."""
     shared = model.flex is not None and model.flex.mode == "shared"
     return step_cost_fn(model.config, lora_rank=lora_rank_of(model), shared=shared, packing=packing, dense=dense,
-                        lora_targets=lora_targets_of(model))
+                        input_size=input_size, lora_targets=lora_targets_of(model))

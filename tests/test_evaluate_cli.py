@@ -164,6 +164,40 @@ def test_sweep_through_the_sample_library(tmp_path, ref):
     assert "--schedule 2/2" in res.stdout.strip().splitlines()[-1] and not (out / "warmup").exists()
 
 
+def test_sweep_with_the_fewer_steps_baseline(tmp_path, ref):
+    """--baseline-steps adds all-powerful runs at fewer steps; 'X of N' runs a schedule at N steps; compute is
+    relative to the all-powerful run at --steps; the same runs evaluated again as --samples give the same compute."""
+    ckpt = _pixel_checkpoint(tmp_path)
+    out = tmp_path / "sweep"
+    res = _ok([str(ckpt), "--schedules", "6/6,2/2,2/2 of 4", "--baseline-steps", "4,3", "--cfg-scales", "3",
+               "--num-samples", "4", "--steps", "6", "--sample-recipe", str(_ddim(tmp_path)), "--ref", str(ref),
+               "--out", str(out), *TINY, "--target-compute", "0.7"])
+    df = pd.read_csv(out / "pareto.csv", dtype={"schedule": str}).set_index("label")
+    assert set(df.index) == {"6/6@3", "2/2@3", "2/2 of 4@3", "4/4 of 4@3", "3/3 of 3@3"}
+    assert df.loc["4/4 of 4@3", "compute_fraction"] == pytest.approx(4 / 6, abs=1e-6)
+    assert df.loc["3/3 of 3@3", "compute_fraction"] == pytest.approx(0.5, abs=1e-6)
+    assert df.loc["6/6@3", "compute_fraction"] == 1.0 and df.loc["6/6@3", "latency_ratio"] == 1.0
+    weak_steps = df.loc["2/2@3", "compute_fraction"] * 6 - 2  # 4 weak steps of 6, in all-powerful step units
+    assert df.loc["2/2 of 4@3", "compute_fraction"] == pytest.approx((2 + weak_steps / 2) / 6, abs=1e-5)
+    assert df["baseline"].to_dict() == {"6/6@3": True, "2/2@3": False, "2/2 of 4@3": False, "4/4 of 4@3": True,
+                                        "3/3 of 3@3": True}
+    assert df["steps"].to_dict() == {"6/6@3": 6, "2/2@3": 6, "2/2 of 4@3": 4, "4/4 of 4@3": 4, "3/3 of 3@3": 3}
+    assert (out / "runs" / "n4_s4-4_cfg3").is_dir() and (out / "runs" / "n4_s2-2_cfg3").is_dir()
+    assert "flex vs fewer steps at or under 70 % compute" in res.stderr
+    assert res.stdout.strip().splitlines()[-1].startswith(f"flexcli sample {ckpt} --steps ")
+    again = tmp_path / "again"
+    _ok(["--samples", str(out / "runs"), "--ref", str(ref), "--out", str(again), *TINY])
+    df2 = pd.read_csv(again / "pareto.csv").set_index("source")["compute_fraction"]
+    df1 = pd.read_csv(out / "pareto.csv").set_index("source")["compute_fraction"]
+    assert df2.sort_index().round(6).tolist() == df1.sort_index().round(6).tolist()
+
+
+def _ddim(tmp_path):
+    recipe = tmp_path / "ddim.yaml"
+    recipe.write_text("solver: ddim\nbatch_size: 4\n")
+    return recipe
+
+
 # ---------------------------------------------------------------------------------------------------
 def test_bad_missing_inception_weights(tmp_path, ref):
     np.savez(tmp_path / "s.npz", arr_0=images(8))

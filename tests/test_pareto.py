@@ -90,3 +90,80 @@ def test_plots_from_csv_only(tmp_path):
     empty = tmp_path / "empty.csv"
     write_pareto_csv([{"label": "x", "fid": 1.0}], empty)
     assert plot_pareto_csv(empty, tmp_path) == ([], ["no plots: no row has both a compute fraction and an FID"])
+
+
+# ---------------------------------------------------------------------------------------------------
+def _with_baseline():
+    """Base 50 steps: flex schedules at 50, the fewer-steps baseline at 50/40/30/20 (compute = steps / 50)."""
+    flex = [("23/23", 0.593, 2.5, 130.1, 0.76), ("23/23", 0.593, 4.0, 133.0, 0.78), ("30/15", 0.585, 4.0, 96.6, 0.725),
+            ("40/40", 0.849, 2.5, 118.0, 0.77)]
+    rows = [{"label": f"{s}@{c:g}", "steps": 50, "schedule": s, "guidance": "weak" if s == "30/15" else "cfg",
+             "cfg_scale": c, "compute_fraction": f, "fid": fid, "class_accuracy": a, "baseline": False}
+            for s, f, c, fid, a in flex]
+    for n, fid, acc in ((50, 113.9, 0.77), (40, 120.0, 0.775), (30, 129.6, 0.78), (20, 144.6, 0.76)):
+        for c, dfid in ((2.5, 0.0), (4.0, 3.0)):
+            rows.append({"label": f"{n}/{n} of {n}@{c:g}", "steps": n, "schedule": f"{n}/{n}", "guidance": "cfg",
+                         "cfg_scale": c, "compute_fraction": n / 50, "fid": fid + dfid, "class_accuracy": acc,
+                         "baseline": True})
+    return rows
+
+
+def test_baseline_front_and_the_flex_vs_fewer_steps_comparison(tmp_path):
+    from flexcli.evaluate.pareto import compare_at, describe
+    from flexcli.evaluate.report import comparison_lines, table_lines
+
+    rows = _with_baseline()
+    write_pareto_csv(rows, tmp_path / "pareto.csv")
+    df = pd.read_csv(tmp_path / "pareto.csv", dtype={"schedule": str})
+    front = df[df["baseline_front"]]
+    # the baseline front: the best guidance scale of each step count, never a flex row
+    assert sorted(front["steps"]) == [20, 30, 40, 50] and (front["cfg_scale"] == 2.5).all() and front["baseline"].all()
+    # the overall front crosses both: 30/15 (weak guidance) beats every setting with more compute
+    assert set(df[df["pareto_optimal"]]["label"]) == {"30/15@4", "20/20 of 20@2.5"}
+    pick = compare_at(read_pareto_csv(tmp_path / "pareto.csv"), 0.6)
+    assert pick["flex"]["label"] == "30/15@4" and pick["fewer_steps"]["label"] == "30/30 of 30@2.5"
+    assert describe(pick["fewer_steps"]) == "30 steps all powerful, cfg 2.5"
+    assert describe(pick["flex"]) == "schedule 30/15 of 50 steps, weak guidance, cfg 4"
+    text = "\n".join(comparison_lines(rows, 0.6))
+    assert "FID -25.5 % (better)" in text and "class accuracy -5.5 points (worse)" in text
+    table = table_lines(rows)
+    assert len(table) == 2 + len(rows) and "fewer steps: 30 steps all powerful, cfg 2.5" in "\n".join(table)
+    assert pick_budget(rows, 0.6)["label"] == "30/15@4"  # across steps x schedules x guidance
+    assert compare_at(rows, 0.3) == {"flex": None, "fewer_steps": None}
+
+
+def test_sample_flags_name_the_steps_and_guidance():
+    assert sample_flags({"steps": 30, "schedule": "30/30", "cfg_scale": 2.5}) == \
+        "--steps 30 --schedule 30/30 --cfg-scale 2.5"
+    assert sample_flags({"steps": 50, "schedule": "30/15", "cfg_scale": 4.0, "guidance": "cfg"}) == \
+        "--steps 50 --schedule 30/15 --cfg-scale 4 --guidance cfg"  # flexcli sample guides weakly by default
+    assert sample_flags({"steps": 50, "schedule": "30/15", "cfg_scale": 4.0, "guidance": "weak"}) == \
+        "--steps 50 --schedule 30/15 --cfg-scale 4"
+
+
+def test_baseline_plots_from_csv(tmp_path):
+    rows = _with_baseline()
+    write_pareto_csv(rows, tmp_path / "pareto.csv")
+    files, notes = plot_pareto_csv(tmp_path / "pareto.csv", tmp_path)
+    assert [f.name for f in files] == ["fid_vs_compute.png", "accuracy_vs_compute.png", "fid_vs_cfg.png"]
+    assert all(f.stat().st_size > 10_000 for f in files)
+
+
+def test_demo_spread_table_over_seeds(tmp_path, capsys):
+    """benchmarks/demo_spread.py: the README's expected demo numbers, mean ± sd over demo runs of several seeds."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_spread.py"
+    spec = importlib.util.spec_from_file_location("demo_spread", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for seed, shift in ((0, 0.0), (1, 2.0)):
+        (tmp_path / f"d{seed}").mkdir()
+        rows = [{**r, "fid": r["fid"] + shift} for r in _with_baseline()]
+        write_pareto_csv(rows, tmp_path / f"d{seed}" / "pareto.csv")
+    (tmp_path / "d0" / "config.yaml").write_text("compare_compute: 0.6\n")
+    mod.main([str(tmp_path / "d0"), str(tmp_path / "d1")])
+    out = capsys.readouterr().out
+    assert "| fewer steps: 30 steps all powerful, cfg 2.5 | 60.0 | 130.6 ± 1.4 | 0.780 ± 0.000 | 2 |" in out
+    assert "- flex: schedule 30/15 of 50 steps, weak guidance, cfg 4: FID 97.6 ± 1.4" in out

@@ -155,4 +155,14 @@ def register() -> None:
 
     register_features(FEATURES_NAME, FMNISTFeatures, metrics=("fid", "kid", "prc", "isc"),
                       fingerprint=f"fmnist-cnn-{weights_fingerprint()}", replace=True,
-                      description="Fashion-MNIST CNN classifier (penultimate 128-d features), shipped with flexcli")
+                      description="Fashion-MNIST CNN classifier (penultimate 128-d features), shipped with flexcli",
+                      class_accuracy=image_set_accuracy)
+
+
+def image_set_accuracy(images, labels, batch: int = 500) -> float:
+    """`class_accuracy` for evaluate: an indexable set of uint8 [C, H, W] images and their requested labels."""
+    model, _ = load_classifier()
+    n = min(len(images), len(labels))
+    preds = [predict(model, torch.stack([images[i] for i in range(s, min(s + batch, n))])) for s in range(0, n, batch)]
+    pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    return float((pred == torch.as_tensor(list(labels[:n]), dtype=torch.long)).float().mean())

@@ -3,9 +3,12 @@
 1. flexify the shipped base (`DiT-FMNIST/4`, 64 tokens) with the weak patch 8 (16 tokens, LoRA mode);
 2. distil the weak mode from the powerful one (§3.2) on Fashion-MNIST;
 3. sweep weak-first schedules x guidance scales with the same seeds and labels (`flexcli.evaluate.core.sweep`),
-   against the Fashion-MNIST test split, with the shipped domain classifier as the feature extractor
-   (`--features fmnist`: FID/KID/precision/recall) and its class-conditional accuracy;
-4. write `pareto.csv` (with a `class_accuracy` column), the plots, `job.json` and the resolved `config.yaml`.
+   beside the simplest alternative, fewer powerful steps (`baseline_steps`: every step at the powerful patch
+   size), against the Fashion-MNIST test split, with the shipped domain classifier as the feature extractor
+   (`--features fmnist`: FID/KID/precision/recall) and its class accuracy;
+4. write `pareto.csv` (with `class_accuracy` and the baseline columns), the plots, `evaluate.json`, the summary
+   (`summary.txt`: every row, and flex vs fewer steps at `compare_compute`), `job.json` and the resolved
+   `config.yaml` into the output folder; the samples, checkpoints and reference stay under `work/`.
 
 The job's settings (`JobSettings`) resolve like every command's: defaults (or `--quick`'s) < recipe < overrides.
 The library never prints: `progress(stage, done, total)` reports each stage (distill steps, sampled settings).
@@ -42,6 +45,9 @@ class JobSettings:
     # 100 / 84.9 / 69.8 / 59.3 % compute with merged LoRAs; FID is best near cfg 2.5-3 (benchmarks/results/fmnist_claims)
     schedules: list[str] = field(default_factory=lambda: ["50/50", "40/40", "30/30", "23/23"])
     cfg_scales: list[float] = field(default_factory=lambda: [2.5, 4.0])
+    # the fewer-steps baseline: all-powerful runs at these step counts (and at `steps`): 80 / 60 / 40 % compute
+    baseline_steps: list[int] = field(default_factory=lambda: [40, 30, 20])
+    compare_compute: float = 0.6  # the summary's flex vs fewer-steps comparison: best points at or under this
     guidance: str = "cfg"
     merge_lora: bool = True  # per-size merged weights: zero LoRA overhead at sampling time (§3.2)
     batch_size: int = 100
@@ -49,14 +55,18 @@ class JobSettings:
 
 
 QUICK = JobSettings(distill_steps=400, num_samples=100, ref_images=500, steps=20, schedules=["20/20", "10/10"],
-                    cfg_scales=[2.5])
+                    cfg_scales=[2.5], baseline_steps=[12], compare_compute=0.63)  # 10/10: 62.3 %, 12 steps: 60 %
 
 
 def _validate(job: JobSettings, where: str) -> None:
     counts = ("weak_patch", "distill_steps", "distill_batch", "num_samples", "ref_images", "steps", "batch_size")
     bad = [k for k in counts if getattr(job, k) < 1] + (["distill_lr"] if job.distill_lr <= 0 else [])
+    bad += ["compare_compute"] if not 0 < job.compare_compute <= 1 else []
     if bad:
         raise FlexcliError(f"{where}: {bad[0]} must be positive", f"give {bad[0]} a positive value")
+    if not all(1 <= n <= job.steps for n in job.baseline_steps):
+        raise FlexcliError(f"{where}: baseline_steps {job.baseline_steps} must lie in 1..steps ({job.steps})",
+                           "the fewer-steps baseline runs fewer steps than `steps`, e.g. baseline_steps: [30, 20]")
     if not job.schedules or not job.cfg_scales:
         raise FlexcliError(f"{where}: schedules and cfg_scales must not be empty", "e.g. schedules: [50/50, 30/30]")
 
@@ -97,36 +107,15 @@ def metric_options(num_samples: int, cache_dir: Path):
                          kid_subset_size=min(1000, num_samples), kid_subsets=20, cache_dir=cache_dir)
 
 
-def _class_accuracy(source: Path) -> float | None:
-    """Class-conditional accuracy of a `flexcli sample` run (its folder or its samples.npz)."""
-    import numpy as np
-    import torch
-
-    run_dir = source if source.is_dir() else source.parent
-    run = json.loads((run_dir / "run.json").read_text())
-    labels = run.get("labels") or run.get("class_labels")
-    if not labels:
-        return None
-    with np.load(run_dir / "samples.npz") as z:
-        images = torch.from_numpy(z["arr_0"])
-    return classifier.class_accuracy(images, labels[:len(images)])["accuracy"]
-
-
 def run_main_job(out: str | Path, *, quick: bool = False, base: str | Path | None = None, force: bool = False,
                  progress: Progress | None = None, job: JobSettings | None = None) -> dict:
-    """Everything above; returns {"pareto_csv", "files", "rows", "distilled", "seconds"}."""
+    """Everything above; returns {"pareto_csv", "files", "rows", "summary", "distilled", "seconds"}."""
     from flexcli.api import flexify_checkpoint
-    from flexcli.evaluate.pareto import read_pareto_csv, write_pareto_csv
-    from flexcli.evaluate.plots import plot_pareto_csv
     from flexcli.train import distill
 
     progress = progress or (lambda stage, done, total: None)
     job = job or settings(quick)
-    base = Path(base) if base is not None else BASE
-    if not base.exists():
-        raise FlexcliError(f"base checkpoint {base} not found",
-                           "train it: flexcli builtin train-base --recipe recipes/base/fashion_mnist_dit.yaml "
-                           "--out runs/base")
+    base = _base_checkpoint(base)
     classifier.load_classifier()  # fails early, with the command to train it
     out = fresh_folder(Path(out), force)
     start = time.perf_counter()
@@ -143,22 +132,40 @@ def run_main_job(out: str | Path, *, quick: bool = False, base: str | Path | Non
     progress("flexify", 1, 1)
 
     cfg = distill_config(job.distill_steps, job.distill_batch, job.distill_lr, data_limit=4096, seed=job.seed)
+    progress("distill", 0, job.distill_steps)
 
     def on_step(event, data):
         if event == "step":
             progress("distill", data.step, data.steps)
     res = distill(flex, work / "distill", config=cfg, callback=on_step)
 
-    rows = _sweep(res.checkpoint, job, ref, out, work, progress)
-    csv = out / "pareto.csv"
-    write_pareto_csv(rows, csv)
-    files, notes = plot_pareto_csv(csv, out)
-    summary = {"settings": asdict(job), "quick": quick, "base": str(base), "distilled": str(res.checkpoint),
-               "distill_final_loss": res.final_loss, "seconds": round(time.perf_counter() - start, 1),
-               "notes": notes}
-    (out / "job.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return {"pareto_csv": csv, "files": [csv, *files, out / "job.json", out / CONFIG_NAME],
-            "rows": read_pareto_csv(csv), "distilled": res.checkpoint, "seconds": summary["seconds"]}
+    ev = _sweep(res.checkpoint, job, ref, work, progress)
+    files = [out / f.name for f in ev.files]
+    for f, dest in zip(ev.files, files):  # the results once, at the top; the samples stay in work/sweep/runs
+        f.replace(dest)
+    from flexcli.evaluate.report import comparison_lines, table_lines
+
+    summary = table_lines(ev.rows) + [""] + comparison_lines(ev.rows, job.compare_compute)
+    (out / "summary.txt").write_text("\n".join(summary) + "\n")
+    record = {"settings": asdict(job), "quick": quick, "base": str(base), "distilled": str(res.checkpoint),
+              "distill_final_loss": res.final_loss, "seconds": round(time.perf_counter() - start, 1),
+              "notes": ev.notes}
+    (out / "job.json").write_text(json.dumps(record, indent=2) + "\n")
+    return {"pareto_csv": out / "pareto.csv", "rows": ev.rows, "summary": summary, "distilled": res.checkpoint,
+            "files": [*files, out / "summary.txt", out / "job.json", out / CONFIG_NAME], "seconds": record["seconds"]}
+
+
+def _base_checkpoint(base: str | Path | None) -> Path:
+    if base is not None:
+        if not Path(base).exists():
+            raise FlexcliError(f"base checkpoint {base} not found", "check the path, or leave out --base to use the "
+                               "shipped DiT-FMNIST/4")
+        return Path(base)
+    if not BASE.exists():
+        raise FlexcliError(f"the shipped base checkpoint {BASE} is missing",
+                           "reinstall flexcli, or train it: flexcli builtin train-base --recipe "
+                           "recipes/base/fashion_mnist_dit.yaml --out runs/base, then pass --base")
+    return BASE
 
 
 def fresh_folder(out: Path, force: bool) -> Path:
@@ -170,27 +177,29 @@ def fresh_folder(out: Path, force: bool) -> Path:
     return out
 
 
-def _sweep(checkpoint: Path, job: JobSettings, ref: Path, out: Path, work: Path, progress: Progress) -> list[dict]:
-    """Sample and score every (schedule, guidance scale) of the job: pareto rows with their class accuracy."""
-    from flexcli.evaluate.core import sweep
+def _sweep(checkpoint: Path, job: JobSettings, ref: Path, work: Path, progress: Progress):
+    """Sample and score every (schedule or fewer-steps baseline, guidance scale) of the job into work/sweep."""
+    from flexcli.evaluate.core import sweep, sweep_settings
     from flexcli.evaluate.sampling import library_sample_fn
 
-    n_settings = len(job.schedules) * len(job.cfg_scales)
-    done = {"n": 0}
+    grid = sweep_settings(job.schedules, job.steps, job.baseline_steps)
+    n_settings = len(grid) * len(job.cfg_scales)
+    total = job.num_samples * len(job.cfg_scales) * sum(n for _, n in grid)  # denoising steps x samples
+    done = {"steps": 0}
+
+    def on_sample(info: dict) -> None:
+        done["steps"] += info["batch"]
+        progress("sample", min(done["steps"], total), total)
 
     def on_sweep(message: str) -> None:
-        if message.startswith("sampling schedule"):
-            progress("sample", done["n"], n_settings)
-            done["n"] += 1
-        elif message.startswith("["):
-            progress("metrics", int(message[1:message.index("/")]), n_settings)
-    fn = library_sample_fn(checkpoint, job.num_samples, job.seed, job.steps, None, solver=job.solver,
-                           guidance=job.guidance, batch_size=job.batch_size, class_labels=list(range(10)),
-                           merge_lora=job.merge_lora)
+        if message.startswith("["):
+            progress("metrics", int(message[1:message.index("/")]) - 1, n_settings)
+    progress("sample", 0, total)
+    fn = library_sample_fn(checkpoint, job.num_samples, job.seed, job.steps, None, progress=on_sample,
+                           solver=job.solver, guidance=job.guidance, batch_size=job.batch_size,
+                           class_labels=list(range(10)), merge_lora=job.merge_lora)
     opts = metric_options(job.num_samples, work / "cache")
-    ev = sweep(fn, job.schedules, job.cfg_scales, ref, out / "sweep", opts, ckpt=checkpoint, steps=job.steps,
-               num_samples=job.num_samples, progress=on_sweep)
-    progress("sample", n_settings, n_settings)
-    for r in ev.rows:
-        r["class_accuracy"] = _class_accuracy(Path(r["source"]))
-    return ev.rows
+    ev = sweep(fn, job.schedules, job.cfg_scales, ref, work / "sweep", opts, ckpt=checkpoint, steps=job.steps,
+               baseline_steps=job.baseline_steps, num_samples=job.num_samples, progress=on_sweep)
+    progress("metrics", n_settings, n_settings)
+    return ev

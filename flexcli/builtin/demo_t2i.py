@@ -117,7 +117,7 @@ def alignment(source: Path) -> tuple[float, float]:
 
 def run_t2i_job(out: str | Path, *, quick: bool = False, base: str | Path | None = None, force: bool = False,
                 progress: Progress | None = None, job: T2IJobSettings | None = None) -> dict:
-    """Everything above; returns {"pareto_csv", "files", "rows", "table", "notes", "distilled", "seconds"}."""
+    """Everything above; returns {"pareto_csv", "files", "rows", "summary", "notes", "distilled", "seconds"}."""
     from flexcli.api import flexify_checkpoint
     from flexcli.train import distill
 
@@ -148,12 +148,17 @@ def run_t2i_job(out: str | Path, *, quick: bool = False, base: str | Path | None
             progress("distill", data.step, data.steps)
     res = distill(flex, work / "distill", config=cfg, callback=on_step)
     rows, files, notes = _sweep(res.checkpoint, job, ref, out, work, progress)
+    from flexcli.evaluate.report import table_lines
+
+    lines = table_lines(rows) + [""] + notes
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
     summary = {"settings": asdict(job), "quick": quick, "base": str(base), "distilled": str(res.checkpoint),
                "distill_final_loss": res.final_loss, "seconds": round(time.perf_counter() - start, 1),
                "notes": notes}
     (out / "job.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return {"pareto_csv": out / "pareto.csv", "files": [*files, out / "job.json", out / CONFIG_NAME], "rows": rows,
-            "notes": notes, "distilled": res.checkpoint, "seconds": summary["seconds"]}
+    return {"pareto_csv": out / "pareto.csv", "rows": rows, "summary": lines, "notes": notes,
+            "distilled": res.checkpoint, "seconds": summary["seconds"],
+            "files": [*files, out / "summary.txt", out / "job.json", out / CONFIG_NAME]}
 
 
 def _sweep(checkpoint: Path, job: T2IJobSettings, ref: Path, out: Path, work: Path, progress: Progress):

@@ -33,7 +33,7 @@ import torch
 
 from flexcli import config
 from flexcli.version import __version__
-from flexcli.data import TensorData, load_training_data
+from flexcli.data import load_training_data
 from flexcli.diffusion.process import GaussianDiffusion
 from flexcli.errors import FlexcliError
 from flexcli.io.checkpoint import save_checkpoint

@@ -1,5 +1,6 @@
-"""`flexcli demo`: the main job on a built-in default (flexify, distil, sweep, Pareto front): the class-conditional
-Fashion-MNIST DiT (`--family dit`) or the text-to-image PixArt on captioned Fashion-MNIST (`--family t2i`)."""
+"""`flexcli demo`: the main job on a built-in default (flexify, distil, sweep, Pareto fronts): the class-conditional
+Fashion-MNIST DiT (`--family dit`, against the fewer-steps baseline) or the text-to-image PixArt on captioned
+Fashion-MNIST (`--family t2i`). The summary table and the output paths go to stdout, progress to stderr."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,29 +8,32 @@ from typing import Optional
 
 import typer
 
-from flexcli.console import err, result, user_errors
+from flexcli.console import err, progress_bar, result, user_errors
 
+STAGES = {"reference": "reference images", "flexify": "flexify", "distill": "distill weak mode",
+          "prompts": "encode prompts", "sample": "sample (steps x samples)", "metrics": "metrics (settings)"}
 FAMILIES = ("dit", "t2i")
 
 
 def demo(
-    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the results (pareto.csv, plots, work/)."),
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the results (pareto.csv, plots, summary.txt, work/)."),
     family: str = typer.Option("dit", "--family", help="dit: the class-conditional default; t2i: the text-to-image "
                                "one (held-out prompts, FID vs alignment, the Fig. 7 match table)."),
-    quick: bool = typer.Option(False, "--quick", help="A small run (a few minutes on 2 CPU cores), as CI runs it."),
-    base: Optional[Path] = typer.Option(None, help="Base checkpoint [default: the shipped DiT-FMNIST/4 or "
-                                        "PixArt-FMNIST/4]."),
+    quick: bool = typer.Option(False, "--quick", help="A small run, as CI runs it (the README gives its duration)."),
+    base: Optional[Path] = typer.Option(None, help="Base checkpoint (default: the shipped DiT-FMNIST/4 or "
+                                        "PixArt-FMNIST/4)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML of demo settings (weak_patch, "
-                                          "distill_steps, schedules, cfg_scales, ...): defaults or --quick < recipe."),
+                                          "distill_steps, schedules, cfg_scales, baseline_steps, compare_compute, "
+                                          "...): defaults or --quick < recipe."),
     clip_weights: Optional[Path] = typer.Option(None, "--clip-weights", help="t2i: open-clip weights (a local file) "
                                                 "to add the CLIP score beside the classifier alignment."),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="t2i: the open-clip architecture of "
-                                             "--clip-weights [default: ViT-B-32]."),
+                                             "--clip-weights (default: ViT-B-32)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
 ) -> None:
     """Flexify a shipped Fashion-MNIST base (weak patch 8), distil it, sweep schedules x guidance scales."""
     with user_errors():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from flexcli.errors import FlexcliError
 
@@ -46,11 +50,9 @@ def demo(
             from flexcli.builtin.demo import run_main_job as run_job, settings
 
             job = settings(quick, recipe)
-        names = {"reference": "reference images", "flexify": f"flexify -p {job.weak_patch}",
-                 "distill": "distil weak mode", "prompts": "encode prompts", "sample": "sample settings",
-                 "metrics": "metrics"}
-        with Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, transient=False) as bar:
+        names = {**STAGES, "flexify": f"flexify -p {job.weak_patch}"}
+        with progress_bar(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()) as bar:
             tasks: dict[str, int] = {}
 
             def progress(stage: str, done: int, total: int) -> None:
@@ -58,12 +60,9 @@ def demo(
                     tasks[stage] = bar.add_task(names.get(stage, stage), total=total)
                 bar.update(tasks[stage], completed=done, total=total)
             res = run_job(out, quick=quick, base=base, force=force, progress=progress, job=job)
-        for r in res["rows"]:
-            ca, al = r.get("class_accuracy"), r.get("alignment")
-            score = f"alignment {al:.1f}" if al is not None else f"class acc {ca if ca is None else f'{ca:.3f}'}"
-            err.print(f"{r['label']:>14}  compute {r['compute_fraction']:.3f}  FID {r['fid']:.3f}  {score}")
-        for note in res.get("notes", []):
-            err.print(note)
-        err.print(f"done in {res['seconds']:.0f} s")
+        for line in res["summary"]:
+            result(line)
+        result("")
+        err.print(f"done in {res['seconds']:.0f} s", markup=False)
         for f in res["files"]:
             result(str(f))

@@ -16,6 +16,7 @@ def info(
     """Print the layout, config, patch sizes, parameter counts and exact cost per patch size."""
     with user_errors():
         from flexcli.api import describe
+        from flexcli.flex.patches import label
 
         d = describe(checkpoint)
         if as_json:
@@ -36,10 +37,11 @@ def info(
         lines.append(f"mode: {flex['mode'] if flex else 'plain ' + d['family']}")
         if flex and flex.get("lora"):
             lines.append(f"lora: rank {flex['lora']['rank']}, alpha {flex['lora']['alpha']}, on {', '.join(flex['lora']['targets'])}")
-        lines.append(f"patch sizes: {', '.join(map(str, d['patch_sizes']))} (pretrained {c['patch_size']})")
+        lines.append(f"patch sizes: {', '.join(label(p) for p in d['patch_sizes'])} (pretrained {label(c['patch_size'])})")
         lines.append(f"parameters: base {d['params']['base']:,}, added {d['params']['added']:,}")
-        lines.append(f"cost of one forward pass per sample ({d['flops_convention']}):")
+        lines.append(f"cost of one forward pass per sample on the {'x'.join(map(str, d['latent']))} latent "
+                     f"({d['flops_convention']}):")
         for r in d["cost"]:
             extra = f"  (LoRA merged: {r['gmacs_merged']:.4f} GMACs)" if "gmacs_merged" in r else ""
-            lines.append(f"  p={r['patch_size']:<3} tokens={r['tokens']:<6} {r['gmacs']:.4f} GMACs = {r['gflops']:.4f} GFLOPs{extra}")
+            lines.append(f"  p={label(r['patch_size']):<5} tokens={r['tokens']:<6} {r['gmacs']:.4f} GMACs = {r['gflops']:.4f} GFLOPs{extra}")
         result("\n".join(lines))

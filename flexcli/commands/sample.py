@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from flexcli.console import err, result, user_errors
+from flexcli.console import err, progress_bar, result, user_errors
 
 
 def _labels(text: Optional[str]) -> Optional[list[int]]:
@@ -23,15 +23,16 @@ def _labels(text: Optional[str]) -> Optional[list[int]]:
 
 
 def sample(
-    checkpoint: Path = typer.Argument(..., help="A DiT or flexified checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="A DiT, Wan or flexified checkpoint."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created atomically)."),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Number of samples (default: 8)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: 250; iddpm 100, dpm-solver 20, sa-solver 25)."),
-    solver: Optional[str] = typer.Option(None, help="ddpm (DiT's learned sigma), ddim, dpm++2m, or PixArt's iddpm, dpm-solver, sa-solver (default: ddpm)."),
+    solver: Optional[str] = typer.Option(None, metavar="<ddpm|ddim|dpm++2m|iddpm|dpm-solver|sa-solver|flow-unipc|flow-euler>", help="ddpm (DiT's learned sigma), ddim, dpm++2m, or PixArt's iddpm, dpm-solver, sa-solver; flow-unipc or flow-euler for flow-matching models (Wan) (default: ddpm; Wan flow-unipc)."),
+    flow_shift: Optional[float] = typer.Option(None, help="Flow-matching time shift (default: 3.0 at 480p, 5.0 above, as diffusers' Wan)."),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (default: 0)."),
     cfg_scale: Optional[float] = typer.Option(None, help="Guidance scale s_cfg1; 1 disables guidance (default: 4.0)."),
     cfg_scale_weak: Optional[float] = typer.Option(None, help="Weak-guidance scale s_cfg2 (default: from (1 - s1) / (1 - s2) = 2.5)."),
-    guidance: Optional[str] = typer.Option(None, help="weak (paper §3.4) or cfg (null label at p_uncond) (default: weak)."),
+    guidance: Optional[str] = typer.Option(None, metavar="<weak|cfg>", help="weak (paper §3.4) or cfg (null label at p_uncond) (default: weak)."),
     guided_channels: Optional[int] = typer.Option(None, help="Guide only the first N eps channels (3: DiT's FIDs) (default: all)."),
     class_labels: Optional[str] = typer.Option(None, help="Comma-separated labels, cycled (default: drawn from --seed)."),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="A prompt for a text-to-image/video checkpoint (repeatable; cycled over samples)."),
@@ -43,24 +44,28 @@ def sample(
     seed: Optional[int] = typer.Option(None, help="Base seed: sample i uses seed+i (default: 0)."),
     schedule: Optional[str] = typer.Option(None, help="x/y (powerful for the last x cond / y guidance steps), or segments P:N,P:N (A/B: one list per branch)."),
     compute: Optional[float] = typer.Option(None, help="Target compute fraction: picks the x/x schedule that meets it."),
-    weak_patch: Optional[int] = typer.Option(None, help="Weak patch size for x/y and --compute (default: smallest weak size)."),
-    order: Optional[str] = typer.Option(None, help="weak-first (paper) or weak-last (ablation) (default: weak-first)."),
-    packing: Optional[str] = typer.Option(None, help="separate or packed (block-diagonal mask) for mixed steps (default: separate)."),
+    weak_patch: Optional[str] = typer.Option(None, help="Weak patch size for x/y and --compute, e.g. 4; video 2,2,2 (default: smallest weak size)."),
+    order: Optional[str] = typer.Option(None, metavar="<weak-first|weak-last>", help="weak-first (paper) or weak-last (ablation) (default: weak-first)."),
+    packing: Optional[str] = typer.Option(None, metavar="<separate|packed>", help="separate or packed (block-diagonal mask) for mixed steps (default: separate)."),
     batch_size: Optional[int] = typer.Option(None, help="Samples per forward batch per process (default: 16)."),
-    vae: Optional[Path] = typer.Option(None, help="Local diffusers AutoencoderKL folder; without it latents are saved."),
+    frames: Optional[int] = typer.Option(None, help="Video: frames, 4k+1; the latent has (frames-1)/4+1 (default: 81)."),
+    height: Optional[int] = typer.Option(None, help="Video: height in pixels, a multiple of 8 x every spatial patch used (default: 480)."),
+    width: Optional[int] = typer.Option(None, help="Video: width in pixels (default: 832)."),
+    vae: Optional[Path] = typer.Option(None, help="Local diffusers AutoencoderKL folder (video: AutoencoderKLWan); without it latents are saved."),
     merge_lora: Optional[bool] = typer.Option(None, "--merge-lora/--no-merge-lora", help="Merge LoRAs per size (default: no)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:1 (default: auto)."),
-    dtype: Optional[str] = typer.Option(None, help="float32, float64, bfloat16 or float16 (autocast) (default: float32)."),
+    device: Optional[str] = typer.Option(None, metavar="<auto|cpu|cuda|cuda:N>", help="auto, cpu, cuda, cuda:1 (default: auto)."),
+    dtype: Optional[str] = typer.Option(None, metavar="<float32|float64|bfloat16|float16>", help="float32, float64, bfloat16 or float16 (autocast) (default: float32)."),
     recipe: Optional[Path] = typer.Option(None, help="YAML recipe: defaults < recipe < flags."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ) -> None:
-    """Sample with a FlexiDiT: weak patch sizes for the first steps, weak guidance, optional packing."""
+    """Sample with a FlexiDiT (images or video): weak patch sizes for the first steps, weak guidance, optional packing."""
     with user_errors():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
         from flexcli.sampling import resolve_config, run
 
         cli = dict(checkpoint=str(checkpoint), out=str(out), num_samples=num_samples, steps=steps, solver=solver,
+                   flow_shift=flow_shift, frames=frames, height=height, width=width,
                    eta=eta, cfg_scale=cfg_scale, cfg_scale_weak=cfg_scale_weak, guidance=guidance,
                    guided_channels=guided_channels, class_labels=_labels(class_labels), seed=seed,
                    prompts=prompt or None, prompts_file=str(prompts_file) if prompts_file else None,
@@ -71,10 +76,9 @@ def sample(
                    force=force)
         cfg = resolve_config(cli, recipe)
         total_steps = cfg.num_samples * cfg.steps
-        with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                      TimeElapsedColumn(), console=err, transient=True,
-                      disable=os.environ.get("RANK", "0") != "0") as bar:
-            task = bar.add_task("sample", total=total_steps, info="")
+        with progress_bar(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                          TimeElapsedColumn(), transient=True, disable=os.environ.get("RANK", "0") != "0") as bar:
+            task = bar.add_task("sampling (steps x samples)", total=total_steps, info="")
             done = {"steps": 0}
 
             def progress(info: dict) -> None:

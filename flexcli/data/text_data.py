@@ -191,8 +191,11 @@ def _shards(files: list[Path], model, text_encoder, cache_dir) -> TextData:
 
 
 def load_text_data(spec: str | Path, model, vae: str | Path | None = None, text_encoder: str | None = None,
-                   cache_dir: str | Path | None = None, limit: int | None = None) -> TextData:
-    """Image + caption data for a text-conditional `model` (see the module docstring); shapes checked."""
+                   cache_dir: str | Path | None = None, limit: int | None = None,
+                   patch_sizes: list | None = None) -> TextData:
+    """Image + caption data for a text-conditional `model` (see the module docstring); shapes checked. Video
+    models (Wan) take latent shards only, with (N, C, F, H, W) latents that every size in `patch_sizes` (default
+    the model's) tiles (`flexcli.data.video`)."""
     from flexcli import registry
 
     path = Path(spec)
@@ -204,6 +207,9 @@ def load_text_data(spec: str | Path, model, vae: str | Path | None = None, text_
     elif not path.exists():
         raise FlexcliError(f"data {path} not found", f"pass {_FORMAT} or one of: {', '.join(registry.TEXT_TRAINING_DATA)}")
     elif path.is_dir() and (path / "metadata.jsonl").exists():
+        if len(model.base_patch) == 3:
+            raise FlexcliError(f"{path} is an image folder; video models distil on encoded clips",
+                               "pass .safetensors shards with latents (N, C, F, H, W), prompt_embeds and masks")
         data = _image_folder(path, model, vae, text_encoder, cache_dir)
     else:
         files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
@@ -213,6 +219,10 @@ def load_text_data(spec: str | Path, model, vae: str | Path | None = None, text_
     if limit is not None and limit > 0:
         data = data.head(limit)
     cfg = model.config
+    if len(model.base_patch) == 3:
+        from flexcli.data.video import check_video_latents
+
+        return check_video_latents(data, cfg, patch_sizes or [tuple(p) for p in model.patch_sizes])
     want = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
     if tuple(data.latents.shape[1:]) != want:
         raise FlexcliError(f"the latents have shape {tuple(data.latents.shape)}, which does not fit the checkpoint "

@@ -5,7 +5,8 @@ branches' outputs are combined. Nothing here knows models: step costs come in as
 Schedules (`parse_schedule`):
 * `x/y` (App. B.4): the conditional branch runs its LAST x steps at the powerful patch size, the guidance branch
   its last y; earlier steps run at the weak size. `x` alone means `x/x`.
-* segments `P:N,P:N,...` in sampling order, e.g. `8:50,4:100,2:100`; `A/B` gives the branches separately.
+* segments `P:N,P:N,...` in sampling order, e.g. `8:50,4:100,2:100` (video sizes `p_t x p_h x p_w`, e.g.
+  `2x2x2:20,1x2x2:30`); `A/B` gives the branches separately.
 * an explicit per-step list (recipes): `[4, 4, ..., 2]`, or `{cond: [...], uncond: [...]}`.
 Several schedules on one command line (`parse_schedules`) are separated by ',' or, when they hold segments, ';'.
 `--compute F` picks the `x/x` schedule with the largest compute fraction not above F (`for_compute`);
@@ -14,8 +15,8 @@ Several schedules on one command line (`parse_schedules`) are separated by ',' o
 Guidance, per step with patch sizes p_cond and p_uncond, on the first `guided_channels` eps channels (all by
 default; 3 reproduces DiT's released FIDs); the other channels come from the conditional branch:
 * p_cond == p_uncond: eps(null; p_u) + s1 (eps(c; p_c) - eps(null; p_u))   (standard CFG)
-* p_cond <  p_uncond, weak guidance: eps(c; p_u) + s2 (eps(c; p_c) - eps(c; p_u)): the guidance branch is the
-  WEAK model's CONDITIONAL prediction.
+* p_cond <  p_uncond (fewer cells per token), weak guidance: eps(c; p_u) + s2 (eps(c; p_c) - eps(c; p_u)): the
+  guidance branch is the WEAK model's CONDITIONAL prediction.
 * otherwise (plain CFG mode, or p_cond > p_uncond): standard CFG with s1 and the null conditioning at p_u.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Callable
 import torch
 
 from flexcli.errors import FlexcliError
+from flexcli.flex.patches import is_patch, named, volume
 
 ORDERS = ("weak-first", "weak-last")
 StepCost = Callable[[int, "int | None"], float]  # (p_cond, p_uncond or None) -> cost of one step
@@ -66,15 +68,15 @@ def powerful_last(steps: int, n_powerful: int, powerful: int, weak: int) -> tupl
     return (weak,) * (steps - n_powerful) + (powerful,) * n_powerful
 
 
-def _segments(spec: str, part: str, steps: int) -> tuple[int, ...]:
-    out: list[int] = []
+def _segments(spec: str, part: str, steps: int) -> tuple:
+    out: list = []
     for item in part.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", item)
+        m = re.fullmatch(r"\s*(\d+(?:x\d+)*)\s*:\s*(\d+)\s*", item)
         if not m:
             raise _bad(spec, f"'{item.strip()}' is not P:N")
-        p, n = int(m.group(1)), int(m.group(2))
-        if p < 1:
-            raise _bad(spec, f"patch size {p} is not positive")
+        p, n = named(m.group(1)), int(m.group(2))
+        if min(p if isinstance(p, tuple) else (p,)) < 1:
+            raise _bad(spec, f"patch size {m.group(1)} is not positive")
         out += [p] * n
     if len(out) != steps:
         raise _bad(spec, f"the segments cover {len(out)} steps, not {steps}")
@@ -119,9 +121,12 @@ def from_list(value, steps: int) -> PatchSchedule:
         cond = uncond = value
     out = []
     for name, lst in (("cond", cond), ("uncond", uncond)):
-        if not isinstance(lst, (list, tuple)) or not all(isinstance(p, int) and p > 0 for p in lst):
+        if isinstance(lst, (list, tuple)):  # video sizes: [1, 4, 4] entries or "1x4x4" strings
+            lst = [tuple(p) if isinstance(p, (list, tuple)) else named(p) if isinstance(p, str) and
+                   re.fullmatch(r"\d+(x\d+)+", p) else p for p in lst]
+        if not isinstance(lst, (list, tuple)) or not all(is_patch(p) for p in lst):
             raise FlexcliError(f"schedule_steps ({name}) is not a list of positive patch sizes",
-                               "write e.g. schedule_steps: [4, 4, 2, 2]")
+                               "write e.g. schedule_steps: [4, 4, 2, 2] (video: [[1, 4, 4], [1, 2, 2]])")
         if len(lst) != steps:
             raise FlexcliError(f"schedule_steps ({name}) has {len(lst)} entries for {steps} steps",
                                "give one patch size per step")
@@ -195,9 +200,10 @@ def linked_weak_scale(s1: float, link: float = PAPER_LINK) -> float:
     return 1.0 - (1.0 - s1) / link
 
 
-def uses_weak_guidance(p_cond: int, p_uncond: int, mode: str = "weak") -> bool:
-    """Whether this step's guidance branch is the weak conditional prediction (label c instead of null)."""
-    return mode == "weak" and p_cond < p_uncond
+def uses_weak_guidance(p_cond, p_uncond, mode: str = "weak") -> bool:
+    """Whether this step's guidance branch is the weak conditional prediction (label c instead of null): the
+    guidance branch runs at a larger patch (more cells per token) than the conditional one."""
+    return mode == "weak" and volume(p_cond) < volume(p_uncond)
 
 
 def step_scale(p_cond: int, p_uncond: int, s1: float, s2: float, mode: str = "weak") -> float:

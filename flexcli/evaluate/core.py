@@ -1,4 +1,5 @@
-"""Evaluate sample sets (or sweep schedules x guidance scales through a sampler) into pareto.csv and plots."""
+"""Evaluate sample sets (or sweep schedules and fewer-steps baselines x guidance scales through a sampler) into
+pareto.csv and plots. Compute is always relative to the all-powerful run at the base step count."""
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ from flexcli.metrics.fid import (MetricOptions, check_options, compute_metrics, 
                                  ref_cache_name)
 from flexcli.metrics.images import check_same_size, open_images
 
-# sample_fn(schedule, cfg_scale, run_dir) -> run_dir holding samples.npz (or images) and run.json.
-SampleFn = Callable[[str, float, Path], Path]
+# sample_fn(schedule, cfg_scale, run_dir[, steps=N]) -> run_dir holding samples.npz (or images) and run.json.
+SampleFn = Callable[..., Path]
 
 
 @dataclass
@@ -39,23 +40,46 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
 
 
-def schedule_costs(ckpt: Path, steps: int) -> Callable[[str], tuple[float, float]]:
-    """schedule -> (FLOPs per sample, fraction of the all-powerful cost) for a checkpoint's first weak size, with
-    guidance on and separate passes: the exact compute model (`flexcli.compute`), as `flexcli sample` counts."""
+def schedule_costs(ckpt: Path, steps: int) -> Callable[[str, int | None], tuple[float, float]]:
+    """(schedule, its step count or None for `steps`) -> (FLOPs per sample, fraction of the cost of the all-powerful
+    run at `steps`, the base step count) for a checkpoint's first weak size, with guidance on and separate passes:
+    the exact compute model (`flexcli.compute`), as `flexcli sample` counts."""
     from flexcli.api import load_model
     from flexcli.compute import model_step_cost
-    from flexcli.diffusion.schedule import compute_fraction, parse_schedule, schedule_cost
+    from flexcli.diffusion.schedule import parse_schedule, schedule_cost
 
     model = load_model(ckpt)
     if len(model.patch_sizes) < 2:
         raise FlexcliError(f"{ckpt} has no weak patch size", "flexify it first: flexcli flexify CKPT -p 4")
     p0, weak = model.patch_sizes[0], model.patch_sizes[1]
     step_cost = model_step_cost(model)
+    full = steps * step_cost(p0, p0)
 
-    def cost(schedule: str) -> tuple[float, float]:
-        s = parse_schedule(schedule, steps, p0, weak)
-        return 2.0 * schedule_cost(s, step_cost), compute_fraction(s, step_cost, p0)
+    def cost(schedule: str, n: int | None = None) -> tuple[float, float]:
+        s = parse_schedule(schedule, n or steps, p0, weak)
+        macs = schedule_cost(s, step_cost)
+        return 2.0 * macs, macs / full
     return cost
+
+
+def sweep_settings(schedules: list[str], steps: int, baseline_steps: list[int] | None = None) -> list[tuple[str, int]]:
+    """(schedule, step count) of a sweep: every schedule (at `steps`, or 'X of N' at N steps), then the
+    fewer-steps baseline: the all-powerful schedule at `steps` and at each of `baseline_steps`. Checked here,
+    before any sampling; duplicates are dropped."""
+    from flexcli.diffusion.schedule import parse_schedule
+    from flexcli.evaluate.runs import split_setting
+
+    out: list[tuple[str, int]] = []
+    for spec in schedules:
+        out.append(split_setting(spec, steps))
+    if baseline_steps:
+        out += [(f"{n}/{n}", n) for n in [steps, *baseline_steps]]
+    for sched, n in out:
+        if not 1 <= n <= 1000:
+            raise FlexcliError(f"step count {n} (schedule '{sched}') is not in 1..1000",
+                               "e.g. --baseline-steps 40,30,20")
+        parse_schedule(sched, n, 1, 2)  # counts and segment lengths fit the step count
+    return list(dict.fromkeys(out))
 
 
 def _read_prompts(path: Path | None) -> list[str] | None:
@@ -78,8 +102,40 @@ def _versions() -> dict:
     return out
 
 
+def _base_steps(sets: list[SampleSet], steps: int | None) -> int:
+    """The step count that compute is relative to: `steps` if given, else the most of any run, else 250."""
+    if steps is not None:
+        return steps
+    known = [s.meta["steps"] for s in sets if s.meta.get("steps")]
+    return max(known) if known else 250
+
+
+def _compute(s: SampleSet, base: int, costs) -> tuple[float | None, float | None, int | None]:
+    """(compute fraction relative to the all-powerful run at `base` steps, GFLOPs per sample, step count or None
+    when unknown) of one set."""
+    m = s.meta
+    if m.get("compute_fraction") is not None:  # given as such (a hand-written run.json)
+        return m["compute_fraction"], m.get("gflops_per_sample"), m.get("steps")
+    if m.get("run_fraction") is not None:  # relative to the run's own step count
+        return m["run_fraction"] * (m.get("steps") or base) / base, m.get("gflops_per_sample"), m.get("steps")
+    if costs is not None and m.get("schedule"):
+        flops, frac = costs(m["schedule"], m.get("steps"))
+        return frac, flops / 1e9, m.get("steps") or base
+    return None, m.get("gflops_per_sample"), m.get("steps")
+
+
+def _row(s: SampleSet, n: int, base: int, costs) -> dict:
+    """A pareto.csv row's facts about how set `s` was made (the metrics are added by the caller)."""
+    frac, gflops, steps = _compute(s, base, costs)
+    own = None if frac is None else frac * base / steps if steps else frac  # relative to its own step count
+    return {"label": s.label, "steps": steps, "schedule": s.meta.get("schedule"), "guidance": s.meta.get("guidance"),
+            "cfg_scale": s.meta.get("cfg_scale"), "compute_fraction": frac, "gflops_per_sample": gflops,
+            "latency_s": s.meta.get("latency_s"), "latency_ratio": s.meta.get("latency_ratio"), "num_samples": n,
+            "baseline": own is not None and abs(own - 1) < 1e-6, "source": str(s.path)}
+
+
 def _evaluate_into(folder: Path, sets: list[SampleSet], ref_path: Path, opts: MetricOptions,
-                   clip: ClipOptions | None, ckpt: Path | None, steps: int,
+                   clip: ClipOptions | None, ckpt: Path | None, steps: int | None,
                    progress: Callable[[str], None]) -> EvalResult:
     ref = open_images(ref_path, "--ref")
     images = [open_images(s.path, "samples") for s in sets]
@@ -95,52 +151,66 @@ def _evaluate_into(folder: Path, sets: list[SampleSet], ref_path: Path, opts: Me
         for s in sets:
             if not s.meta.get("prompts", prompts):
                 raise FlexcliError(f"no prompts for samples {s.label}", "pass --prompts FILE (one per line)")
-    costs = schedule_costs(ckpt, steps) if ckpt is not None and any("compute_fraction" not in s.meta for s in sets) else None
+    base = _base_steps(sets, steps)
+    need_costs = any("compute_fraction" not in s.meta and "run_fraction" not in s.meta for s in sets)
+    costs = schedule_costs(ckpt, base) if ckpt is not None and need_costs else None
+    spec = feature_spec(opts.features)
     rows = []
     for i, (s, im) in enumerate(zip(sets, images)):
         progress(f"[{i + 1}/{len(sets)}] {s.label}: {len(im)} samples")
-        row = {"label": s.label, "schedule": s.meta.get("schedule"), "cfg_scale": s.meta.get("cfg_scale"),
-               "compute_fraction": s.meta.get("compute_fraction"), "gflops_per_sample": s.meta.get("gflops_per_sample"),
-               "latency_s": s.meta.get("latency_s"), "latency_ratio": s.meta.get("latency_ratio"),
-               "num_samples": len(im), "source": str(s.path)}
-        if row["compute_fraction"] is None and costs and row["schedule"]:
-            flops, frac = costs(row["schedule"])
-            row.update(compute_fraction=frac, gflops_per_sample=flops / 1e9)
+        row = _row(s, len(im), base, costs)
         row.update(compute_metrics(im, ref, opts))
+        if spec.class_accuracy is not None and s.meta.get("labels"):
+            row["class_accuracy"] = spec.class_accuracy(im, s.meta["labels"])
         if clip_model is not None:
             from flexcli.metrics.clip import clip_score
 
             row["clip"] = clip_score(im, s.meta.get("prompts", prompts), clip.model, clip.weights, clip=clip_model)
         rows.append(row)
     latency_ratios(rows)
-    csv = folder / "pareto.csv"
-    write_pareto_csv(rows, csv)
+    config = _config(ref_path, ref, opts, spec, clip if clip_model else None, ckpt, base)
+    (folder / "evaluate.json").write_text(json.dumps(config, indent=2) + "\n")
+    return _write(folder, rows, clip.match if clip_model is not None else None)
+
+
+def _config(ref_path: Path, ref, opts: MetricOptions, spec, clip: ClipOptions | None, ckpt: Path | None,
+            base: int) -> dict:
+    """evaluate.json: what the numbers mean and where they come from (the plots read their titles here)."""
+    return {"ref": str(ref_path), "ref_images": len(ref), "ref_sha256": ref.content_hash(),
+            "ref_cache_name": ref_cache_name(ref, opts, spec), "features": spec.name,
+            "features_description": spec.description,
+            "inception_weights": str(opts.inception_weights) if spec.needs_inception_weights else None,
+            "inception_sha256": file_sha256(Path(opts.inception_weights)) if spec.needs_inception_weights else None,
+            "metrics": list(opts.metrics), "kid_subset_size": opts.kid_subset_size, "kid_subsets": opts.kid_subsets,
+            "prc_neighborhood": opts.prc_neighborhood, "clip_model": clip.model if clip else None,
+            "t2i_match": vars(clip.match) if clip else None, "checkpoint": str(ckpt) if ckpt else None, "steps": base,
+            "compute_convention": f"FLOPs of the denoiser per sample relative to the all-powerful schedule at {base} "
+                                  "steps, classifier-free guidance on (2 passes per step)",
+            "class_accuracy": "share of samples that the feature extractor's classifier assigns to their requested "
+                              "label" if spec.class_accuracy is not None else None,
+            "versions": _versions()}
+
+
+def _write(folder: Path, rows: list[dict], match: MatchOptions | None = None) -> EvalResult:
+    """pareto.csv and the plots drawn from it (and from evaluate.json, written before); with CLIP scores
+    (`match` given) the text-to-image baseline-matching table and its FID-vs-CLIP curves too."""
     from flexcli.evaluate.plots import plot_pareto_csv
 
+    csv = folder / "pareto.csv"
+    write_pareto_csv(rows, csv)
     files, notes = plot_pareto_csv(csv, folder)
-    if clip_model is not None:  # text-to-image: the baseline-matching table and the FID-vs-CLIP curves
-        more, more_notes = write_match_table(read_pareto_csv(csv), folder, clip.match)
+    if match is not None:
+        more, more_notes = write_match_table(read_pareto_csv(csv), folder, match)
         files, notes = files + more, notes + more_notes
-    spec = feature_spec(opts.features)
-    config = {"ref": str(ref_path), "ref_images": len(ref), "ref_sha256": ref.content_hash(),
-              "ref_cache_name": ref_cache_name(ref, opts, spec), "features": spec.name,
-              "inception_weights": str(opts.inception_weights) if spec.needs_inception_weights else None,
-              "inception_sha256": file_sha256(Path(opts.inception_weights)) if spec.needs_inception_weights else None,
-              "metrics": list(opts.metrics), "kid_subset_size": opts.kid_subset_size, "kid_subsets": opts.kid_subsets,
-              "prc_neighborhood": opts.prc_neighborhood, "clip_model": clip.model if clip_model else None,
-              "t2i_match": vars(clip.match) if clip_model else None,
-              "checkpoint": str(ckpt) if ckpt else None, "steps": steps,
-              "compute_convention": "FLOPs of the denoiser per sample relative to the all-powerful schedule, "
-                                    "classifier-free guidance on (2 passes per step)",
-              "versions": _versions()}
-    (folder / "evaluate.json").write_text(json.dumps(config, indent=2) + "\n")
     return EvalResult(folder, read_pareto_csv(csv), [csv, *files, folder / "evaluate.json"], notes=notes)
 
 
 def evaluate_samples(specs: list[str], ref: Path, out: Path, opts: MetricOptions, *, clip: ClipOptions | None = None,
-                     ckpt: Path | None = None, steps: int = 250, target_compute: float | None = None,
+                     ckpt: Path | None = None, steps: int | None = None, target_compute: float | None = None,
                      force: bool = False, progress: Callable[[str], None] = lambda m: None) -> EvalResult:
-    """Evaluate existing sample sets against `ref`; writes `out` (pareto.csv, plots, evaluate.json) atomically."""
+    """Evaluate existing sample sets against `ref`; writes `out` (pareto.csv, plots, evaluate.json) atomically.
+
+    Compute is relative to the all-powerful run at `steps` (default: the most steps of any run, else 250)."""
     out = Path(out)
     check_output(out, force)
     _check_target(target_compute)
@@ -169,16 +239,20 @@ def _finish(res: EvalResult, out: Path, target: float | None) -> EvalResult:
 
 def sweep(sample_fn: SampleFn, schedules: list[str], cfg_scales: list[float], ref: Path, out: Path,
           opts: MetricOptions, *, clip: ClipOptions | None = None, ckpt: Path | None = None, steps: int = 250,
-          target_compute: float | None = None, force: bool = False, num_samples: int | None = None,
-          progress: Callable[[str], None] = lambda m: None) -> EvalResult:
-    """Sample every (schedule, cfg scale) with `sample_fn` into out/runs/, then evaluate them all.
+          baseline_steps: list[int] | None = None, target_compute: float | None = None, force: bool = False,
+          num_samples: int | None = None, progress: Callable[[str], None] = lambda m: None) -> EvalResult:
+    """Sample every (schedule, step count, cfg scale) with `sample_fn` into out/runs/, then evaluate them all.
 
-    `sample_fn` must use the same seeds for every combination (it is called with the same arguments but the
-    schedule and scale). The reference is opened first, so bad input fails before any sampling.
+    Schedules run at `steps` ('X of N' at N steps); with `baseline_steps` the fewer-steps baseline joins them:
+    the all-powerful schedule at `steps` and at each of those counts (`sweep_settings`). Compute is relative to
+    the all-powerful run at `steps`. `sample_fn` must use the same seeds for every combination (it is called
+    with the same arguments but the schedule, the scale and, at other step counts, `steps=N`). The reference is
+    opened first, so bad input fails before any sampling.
     """
     out = Path(out)
     check_output(out, force)
     _check_target(target_compute)
+    settings = sweep_settings(schedules, steps, baseline_steps)
     n_ref = len(open_images(ref, "--ref"))
     check_options(opts, num_samples or math.inf, n_ref)  # weights, extractor, counts: before any sampling
     with atomic_dir(out) as tmp:
@@ -189,11 +263,13 @@ def sweep(sample_fn: SampleFn, schedules: list[str], cfg_scales: list[float], re
             sample_fn.warmup(tmp / "warmup")
             shutil.rmtree(tmp / "warmup", ignore_errors=True)
         done = []
-        for s in schedules:
+        for s, n in settings:
             for c in cfg_scales:
-                progress(f"sampling schedule {s}, cfg {c:g}")
-                run_dir = Path(sample_fn(s, c, runs / schedule_dirname(s, c)))
-                done.append(f"{s}@{c:g}={run_dir}")
+                at = "" if n == steps else f" of {n}"
+                progress(f"sampling schedule {s}{at}, cfg {c:g}")
+                kw = {} if n == steps else {"steps": n}
+                run_dir = Path(sample_fn(s, c, runs / schedule_dirname(s, c, None if n == steps else n), **kw))
+                done.append(f"{s}{at}@{c:g}={run_dir}")
         sets = resolve_samples(done)
         res = _evaluate_into(tmp, sets, Path(ref), opts, clip, ckpt, steps, progress)
         for r in res.rows:  # sources pointed into the temporary folder

@@ -3,7 +3,7 @@
 A `--samples` value is `[LABEL=]PATH`. PATH is an ADM-style .npz, a folder of images, a run folder
 (samples.npz or images, plus run.json from `flexcli sample`) or a folder of run folders (one row each).
 A LABEL of the form SCHEDULE@CFG (e.g. 130/130@4) sets the schedule and guidance scale of sets that
-have no run.json.
+have no run.json; SCHEDULE may name its own step count, `15/15 of 30@4` (default: evaluate's --steps).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 from flexcli.errors import FlexcliError
 from flexcli.metrics.images import IMAGE_EXTS
 
-LABEL_RE = re.compile(r"^(?P<schedule>\d+/\d+)@(?P<cfg>\d+(\.\d*)?)$")
+LABEL_RE = re.compile(r"^(?P<schedule>\d+/\d+)(\s+of\s+(?P<steps>\d+))?@(?P<cfg>\d+(\.\d*)?)$")
+OF_RE = re.compile(r"^(?P<schedule>.+?)\s+of\s+(?P<steps>\d+)(\s+steps)?$")
 
 @dataclass
 class SampleSet:
@@ -31,13 +32,31 @@ def _num(v):
         return None
 
 
+def _guidance(raw: dict) -> str | None:
+    """How the run guided: "weak" if any step's guidance branch was the weak conditional prediction (§3.4),
+    "cfg" if guided otherwise, "none" without guidance; None when run.json does not say."""
+    g = raw.get("guidance")
+    if isinstance(g, str):
+        return g
+    if not isinstance(g, dict):
+        return None
+    if not g.get("enabled", True):
+        return "none"
+    per_step = raw.get("steps") if isinstance(raw.get("steps"), list) else []
+    if any(isinstance(s, dict) and s.get("guide_label") == "cond" for s in per_step):
+        return "weak"
+    return "cfg" if per_step or g.get("mode") == "cfg" else g.get("mode")
+
+
 def read_run_json(path: Path) -> dict:
     """What evaluate uses from `flexcli sample`'s run.json (flexcli.sampling.run_record), under flexcli's names.
 
-    schedule: schedule.spec (or config.schedule); cfg_scale: config.cfg_scale; compute_fraction and
-    gflops_per_sample: flops.compute_fraction and flops.total / 1e9 (per sample); latency_s: wall_time_s /
-    number of samples (sampling only, model loading excluded); prompts: prompts. Top-level keys of those
-    names (hand-written run.json files) win.
+    schedule: schedule.spec (or config.schedule); steps: config.steps; cfg_scale: config.cfg_scale; guidance:
+    "weak", "cfg" or "none" (`_guidance`); run_fraction: flops.compute_fraction, the run's FLOPs relative to
+    the all-powerful schedule at ITS OWN step count (evaluate rescales it to the base step count);
+    gflops_per_sample: flops.total / 1e9 (per sample); latency_s: wall_time_s / number of samples (sampling
+    only, model loading excluded); prompts and labels: as sampled. Top-level keys of those names (hand-written
+    run.json files) win; a top-level compute_fraction is taken as relative to the base step count already.
     """
     try:
         raw = json.loads(Path(path).read_text())
@@ -52,15 +71,20 @@ def read_run_json(path: Path) -> dict:
         sched = sched.get("spec")
     n = len(raw["seeds"]) if isinstance(raw.get("seeds"), list) else cfg.get("num_samples")
     wall = _num(raw.get("wall_time_s"))
+    steps = raw.get("steps") if isinstance(raw.get("steps"), int) else cfg.get("steps")
     meta = {
         "schedule": sched or cfg.get("schedule"),
+        "steps": int(steps) if isinstance(steps, (int, float)) and steps > 0 else None,
         "cfg_scale": _num(raw.get("cfg_scale", cfg.get("cfg_scale"))),
-        "compute_fraction": _num(raw.get("compute_fraction", flops.get("compute_fraction"))),
+        "guidance": _guidance(raw),
+        "compute_fraction": _num(raw.get("compute_fraction")),
+        "run_fraction": _num(flops.get("compute_fraction")),
         "gflops_per_sample": _num(raw.get("gflops_per_sample")) or
         (_num(flops.get("total")) / 1e9 if _num(flops.get("total")) else None),
         "latency_s": _num(raw.get("latency_s")) or (wall / n if wall and n else None),
         "latency_ratio": _num(raw.get("latency_ratio")),
         "prompts": raw.get("prompts", cfg.get("prompts")),
+        "labels": raw.get("labels"),
         "label": raw.get("label"),
     }
     return {k: v for k, v in meta.items() if v is not None}
@@ -90,6 +114,8 @@ def _one(label: str | None, data: Path, run_dir: Path) -> SampleSet:
     if m:
         meta.setdefault("schedule", m["schedule"])
         meta.setdefault("cfg_scale", float(m["cfg"]))
+        if m["steps"]:
+            meta.setdefault("steps", int(m["steps"]))
     return SampleSet(name, data, meta)
 
 
@@ -127,16 +153,32 @@ def resolve_samples(specs: list[str]) -> list[SampleSet]:
 
 
 def latency_ratios(rows: list[dict]) -> None:
-    """Fill latency_ratio = latency_s / the all-powerful row's latency_s (same sweep), where not given."""
-    base = [r["latency_s"] for r in rows
-            if r.get("latency_s") and r.get("compute_fraction") is not None and abs(r["compute_fraction"] - 1) < 1e-9]
+    """Fill latency_ratio = latency_s / latency_s of THE all-powerful row at the base step count (compute 1)
+    with the same guidance scale (the first such row when no row has that scale), where not given."""
+    base = [r for r in rows if r.get("latency_s") and r.get("compute_fraction") is not None
+            and abs(r["compute_fraction"] - 1) < 1e-9]
     for r in rows:
-        if r.get("latency_ratio") is None and r.get("latency_s") and base:
-            r["latency_ratio"] = r["latency_s"] / (sum(base) / len(base))
+        if r.get("latency_ratio") is not None or not r.get("latency_s") or not base:
+            continue
+        same = [b for b in base if b.get("cfg_scale") == r.get("cfg_scale")]
+        r["latency_ratio"] = r["latency_s"] / (same or base)[0]["latency_s"]
 
 
-def schedule_dirname(schedule: str, cfg_scale: float) -> str:
-    return f"s{schedule.replace('/', '-')}_cfg{cfg_scale:g}"
+def split_setting(spec: str, steps: int) -> tuple[str, int]:
+    """'15/15 of 30' -> ('15/15', 30); '23/23' -> ('23/23', steps): a sweep schedule and its step count."""
+    m = OF_RE.match(str(spec).strip())
+    if not m:
+        return str(spec).strip(), steps
+    n = int(m["steps"])
+    if n < 1:
+        raise FlexcliError(f"schedule '{spec}' has {n} steps", "write e.g. '15/15 of 30' (30 sampling steps)")
+    return m["schedule"].strip(), n
+
+
+def schedule_dirname(schedule: str, cfg_scale: float, steps: int | None = None) -> str:
+    """The run folder of one sweep setting: s23-23_cfg2.5, or n30_s30-30_cfg2.5 at another step count."""
+    name = f"s{schedule.replace('/', '-').replace(' ', '')}_cfg{cfg_scale:g}"
+    return name if steps is None else f"n{steps}_{name}"
 
 
 def parse_list(text: str, kind, flag: str) -> list:

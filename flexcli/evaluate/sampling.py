@@ -1,8 +1,10 @@
-"""The sweep's link to the sample library (flexcli.sampling): `sample_fn(schedule, cfg_scale, run_dir) -> run_dir`.
+"""The sweep's link to the sample library (flexcli.sampling): `sample_fn(schedule, cfg_scale, run_dir, steps=None)
+-> run_dir`.
 
-Every call uses the same seeds (seed, seed + 1, ...) and labels, so the combinations differ only in schedule
-and guidance scale. Other sampling settings (solver, VAE, batch size, ...) come from `options`, which take
-flexcli.sampling.SampleConfig field names (defaults < recipe < options).
+Every call uses the same seeds (seed, seed + 1, ...) and labels, so the combinations differ only in schedule,
+step count (`steps`, default: the one given here) and guidance scale. Other sampling settings (solver, VAE,
+batch size, ...) come from `options`, which take flexcli.sampling.SampleConfig field names (defaults < recipe <
+options).
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ def library_sample_fn(ckpt: Path, num_samples: int, seed: int = 0, steps: int = 
     base = dict(checkpoint=str(ckpt), num_samples=num_samples, seed=seed, steps=steps, **options)
     resolve_config({**base, "out": "unused", "schedule": f"{steps}/{steps}"}, recipe)  # fail before any sampling
 
-    def sample_fn(schedule: str, cfg_scale: float, run_dir: Path) -> Path:
-        cfg = resolve_config({**base, "out": str(run_dir), "schedule": schedule, "cfg_scale": cfg_scale}, recipe)
+    def sample_fn(schedule: str, cfg_scale: float, run_dir: Path, steps: int | None = None) -> Path:
+        cfg = resolve_config({**base, "out": str(run_dir), "schedule": schedule, "cfg_scale": cfg_scale,
+                              **({"steps": steps} if steps is not None else {})}, recipe)
         run(cfg, progress)
         if not (Path(run_dir) / "samples.npz").is_file():
             raise FlexcliError("the sampler saved latents only (a latent-space model without a VAE)",

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from flexcli.errors import FlexcliError
-from flexcli.families import dit, pixart
+from flexcli.families import dit, pixart, wan
 from flexcli.families.base import Family, FamilyCost
 from flexcli.io.checkpoint import (METADATA_KEY, SAFETENSORS_NAMES, Checkpoint, read_flexcli, read_json,
                                    read_safetensors, safetensors_keys, safetensors_metadata, sniff)
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (dit.FAMILY, pixart.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (dit.FAMILY, pixart.FAMILY, wan.FAMILY)}
 DEFAULT = "dit"  # tried last: its reader's errors say what a checkpoint must hold
 
 __all__ = ["FAMILIES", "Family", "FamilyCost", "family", "family_of", "read_checkpoint"]

@@ -31,3 +31,4 @@ class Family:
     read: Callable[..., object]  # (path, use_ema=...) -> flexcli.io.checkpoint.Checkpoint
     cost: FamilyCost
     conditioning: str  # "class" (labels) or "text" (prompt embeddings)
+    process: str = "ddpm"  # what the model predicts: "ddpm" (eps, DiT's Gaussian diffusion) or "flow" (velocity)

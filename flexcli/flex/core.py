@@ -238,7 +238,7 @@ class FlexModel(nn.Module):
         p = self.resolve_patch_size(patch_size, x)
         h = self.tokenize(x, p)  # (N, T, D)
         conds = [self.condition(t, cond)]
-        spans = Spans.single(p, h.shape[1])
+        spans = Spans.single(p, h.shape[1], grid_of(x, p))
         h = self.head(self.run_blocks(h, conds, spans), conds, spans)
         return self.detokenize(h, p, tuple(x.shape[2:]))
 
@@ -254,10 +254,16 @@ def forward_packed(model: FlexModel, segments: list) -> list[torch.Tensor]:
     sizes = [model.resolve_patch_size(p, x) for x, _, _, p in segments]
     tokens = [model.tokenize(x, p) for (x, *_), p in zip(segments, sizes)]
     conds = [model.condition(t, c) for _, t, c, _ in segments]
-    spans = Spans(tuple(sizes), tuple(h.shape[1] for h in tokens))
+    spans = Spans(tuple(sizes), tuple(h.shape[1] for h in tokens),
+                  tuple(grid_of(x, p) for (x, *_), p in zip(segments, sizes)))
     h = model.head(model.run_blocks(torch.cat(tokens, dim=1), conds, spans), conds, spans)
     return [model.detokenize(h[:, a:b], p, tuple(x.shape[2:]))
             for (a, b), (x, *_), p in zip(spans.bounds, segments, sizes)]
+
+
+def grid_of(x: torch.Tensor, p: tuple) -> tuple:
+    """The token grid of latents x (N, C, *S) cut into patches p."""
+    return tuple(s // q for s, q in zip(x.shape[2:], p))
 
 
 def unpatchify(h: torch.Tensor, p: tuple, spatial: tuple, channels: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ row, and attention is block-diagonal over them.
 A plain forward pass has one span. A packed one has several, e.g. image n's conditional tokens at p=2 followed
 by its guidance tokens at p=4 (Fig. 12's approach 4). Every patch-size-dependent layer takes the spans as an
 argument and applies its own size's parameters to each run; attention takes `spans.mask()` (None for one span).
+Rotary families read each run's token grid (`grids`) to place its tokens at their patch centres.
 Computed densely, masked attention costs (sum T)^2 per row, not sum T^2: the FLOPs model counts both.
 """
 from __future__ import annotations
@@ -19,10 +20,11 @@ import torch
 class Spans:
     sizes: tuple  # the patch size of each run
     lengths: tuple[int, ...]  # the number of tokens of each run
+    grids: tuple = ()  # the token grid of each run ((F', H', W') for video), where the caller knows it
 
     @classmethod
-    def single(cls, size, length: int) -> "Spans":
-        return cls((size,), (int(length),))
+    def single(cls, size, length: int, grid: tuple | None = None) -> "Spans":
+        return cls((size,), (int(length),), () if grid is None else (tuple(grid),))
 
     @property
     def packed(self) -> bool:

@@ -186,6 +186,6 @@ def to_diffusers_model(ckpt: WanCheckpoint):
     """A diffusers `WanTransformer3DModel` holding the checkpoint's tensors (strict load), in eval mode."""
     from diffusers import WanTransformer3DModel
 
-    model = WanTransformer3DModel.from_config(ckpt.config)
+    model = WanTransformer3DModel.from_config({k: v for k, v in ckpt.config.items() if k != "text_len"})
     model.load_state_dict(ckpt.state_dict, strict=True)
     return model.eval()

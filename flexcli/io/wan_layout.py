@@ -15,6 +15,7 @@ import re
 import torch
 
 from flexcli.errors import FlexcliError
+from flexcli.models.wan_config import KNOWN_SIZES, WAN_EPS, WAN_HEAD_DIM, WAN_ROPE_MAX_SEQ_LEN, WAN_TEXT_LEN
 
 # (original name, diffusers name) of whole modules outside the blocks.
 _TOP = [
@@ -42,12 +43,6 @@ _PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 _IMAGE_MARKERS = ("img_emb.", "k_img", "v_img", "norm_k_img", "image_embedder", "add_k_proj", "add_v_proj",
                   "norm_added_k")
 
-# Released Wan 2.1 text-to-video sizes: (inner dim, layers) -> (name, heads). Heads are not in the tensors.
-# Source: Wan-Video/Wan2.1 wan/configs/wan_t2v_1_3B.py and wan_t2v_14B.py (head_dim 128 in both).
-KNOWN_SIZES = {(1536, 30): ("Wan2.1-T2V-1.3B", 12), (5120, 40): ("Wan2.1-T2V-14B", 40)}
-WAN_HEAD_DIM = 128
-WAN_EPS = 1e-6  # every released Wan 2.1 config (WanModel and diffusers defaults)
-WAN_ROPE_MAX_SEQ_LEN = 1024  # the original code's fixed rope_params(1024, ...); diffusers' default
 
 
 def _pairs(n_layers: int) -> list[tuple[str, str]]:
@@ -161,7 +156,7 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict | None = None) -> tupl
     sources["qk_norm"] = "tensors (norm_q over all heads, one weight of the full width)"
     sources["image_dim"] = sources["added_kv_proj_dim"] = "tensors (no image-conditioning keys: text-to-video)"
     sources["pos_embed_seq_len"] = "tensors (no image position embedding)"
-    for name, default in (("eps", WAN_EPS), ("rope_max_seq_len", WAN_ROPE_MAX_SEQ_LEN)):
+    for name, default in (("eps", WAN_EPS), ("rope_max_seq_len", WAN_ROPE_MAX_SEQ_LEN), ("text_len", WAN_TEXT_LEN)):
         if name in hints:
             config[name], sources[name] = hints[name], hints["_source"]
         else:
@@ -193,7 +188,8 @@ def hints_from_original_config(cfg: dict, source: str) -> dict:
     """Original `WanModel` config.json names -> diffusers names (patch_size, text_dim, cross_attn_norm and
     qk_norm are in WanModel's ignore_for_config, so its config.json never has them)."""
     names = {"num_heads": "num_attention_heads", "in_dim": "in_channels", "out_dim": "out_channels",
-             "freq_dim": "freq_dim", "ffn_dim": "ffn_dim", "num_layers": "num_layers", "eps": "eps"}
+             "freq_dim": "freq_dim", "ffn_dim": "ffn_dim", "num_layers": "num_layers", "eps": "eps",
+             "text_len": "text_len"}
     return {"_source": source, **{ours: cfg[theirs] for theirs, ours in names.items() if theirs in cfg}}
 
 
@@ -203,4 +199,4 @@ def original_config(config: dict) -> dict:
             "dim": config["num_attention_heads"] * config["attention_head_dim"], "eps": config["eps"],
             "ffn_dim": config["ffn_dim"], "freq_dim": config["freq_dim"], "in_dim": config["in_channels"],
             "num_heads": config["num_attention_heads"], "num_layers": config["num_layers"],
-            "out_dim": config["out_channels"], "text_len": 512}
+            "out_dim": config["out_channels"], "text_len": config.get("text_len", WAN_TEXT_LEN)}

@@ -14,6 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from flexcli import registry
 from flexcli.errors import FlexcliError
@@ -33,6 +34,8 @@ class FeatureSpec:
     needs_inception_weights: bool = False
     fingerprint: str = ""  # identifies the extractor's weights in cache keys (e.g. a checkpoint hash)
     description: str = ""
+    # (images: ImageSet, labels: list[int]) -> the share of images its classifier assigns to their label
+    class_accuracy: Callable | None = None
 
 
 _REGISTRY: dict[str, FeatureSpec] = {
@@ -42,11 +45,14 @@ _REGISTRY: dict[str, FeatureSpec] = {
 
 
 def register_features(name: str, cls, *, metrics: tuple[str, ...] = ("fid", "kid", "prc"), fingerprint: str = "",
-                      description: str = "", replace: bool = False) -> FeatureSpec:
+                      description: str = "", replace: bool = False,
+                      class_accuracy: Callable | None = None) -> FeatureSpec:
     """Make a torch-fidelity `FeatureExtractorBase` subclass selectable as `--features NAME`.
 
     `cls(name, features_list, **kwargs)` must provide default feature layers for the listed metrics ("isc" needs
     logits). `fingerprint` must change whenever the extractor's weights change (it keys the reference cache).
+    `class_accuracy(images, labels)`, when the extractor is a classifier of the samples' classes, gives
+    evaluate its `class_accuracy` column (for runs whose run.json records the labels).
     """
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
@@ -60,7 +66,7 @@ def register_features(name: str, cls, *, metrics: tuple[str, ...] = ("fid", "kid
         raise ValueError(f"unknown metrics {sorted(bad)}; choose from {ALL_METRICS}")
     fidelity_name = f"flexcli-{name}"
     FEATURE_EXTRACTORS_REGISTRY[fidelity_name] = cls  # register_feature_extractor refuses re-registration
-    spec = FeatureSpec(name, fidelity_name, tuple(metrics), False, fingerprint, description)
+    spec = FeatureSpec(name, fidelity_name, tuple(metrics), False, fingerprint, description, class_accuracy)
     _REGISTRY[name] = spec
     return spec
 

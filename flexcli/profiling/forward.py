@@ -13,6 +13,7 @@ Which rows:
   then the 2-D sin-cos of that grid. This is how the paper's T2I (4096) and T2V (33792) sequence lengths are
   profiled with a 2-D DiT: the transformer sees a token sequence of that length, as in Fig. 9.
 * neither: a checkpoint's patch sizes; for a named config its patch size and twice it (the FlexiDiT pair).
+* video (a Wan config or checkpoint): 3-D latents and patch sizes, see `flexcli.profiling.video`.
 
 Random-weight models (`model`, a named config with optional depth/width/heads/latent overrides) are built per
 row with the row's patch size as their own, so the cost is `forward_cost(config, p, batch, input_size=(H, W))`.
@@ -37,56 +38,76 @@ import torch
 
 from flexcli.compute import forward_cost, model_cost
 from flexcli.errors import FlexcliError
-from flexcli.models.configs import DiTConfig
-from flexcli.models.dit import DiT
 from flexcli.profiling import latency as lat
-from flexcli.profiling.spec import (COMPILE_WARMUP, DEFAULT_REPEATS, ProfileSpec, Shape, _cost_fields, _param_stats,
-                                    parse_latent, plan_shapes, random_condition, random_config, random_model)
+from flexcli.profiling.spec import (COMPILE_WARMUP, DEFAULT_REPEATS, ProfileSpec, _cost_fields, _param_stats,
+                                    parse_latent, plan_shapes, random_config, random_model)
+from flexcli.profiling.video import (WAN_480P_81, is_video_model, parse_video_latent, plan_video_shapes,
+                                     random_wan, video_config)
 
 
 class _Variant:
     """A model to profile: a named config with random weights (built per row) or a loaded checkpoint."""
 
-    def __init__(self, label: str, source: str, lora: str, cfg: DiTConfig, model: DiT | None = None):
-        self.label, self.source, self.lora, self.cfg, self.model = label, source, lora, cfg, model
+    def __init__(self, label: str, source: str, lora: str, cfg, model=None, video: bool = False):
+        self.label, self.source, self.lora, self.cfg, self.model, self.video = label, source, lora, cfg, model, video
 
-    def build(self, shape: Shape, device: torch.device, seed: int) -> DiT:
-        return self.model if self.model is not None else random_model(self.cfg, shape, device, seed)
-
-    def cost(self, model: DiT, shape: Shape, batch: int):
+    def build(self, shape, device: torch.device, seed: int):
         if self.model is not None:
-            return model_cost(model, shape.patch_size, batch, merged=self.lora == "merged")
-        return forward_cost(self.cfg, shape.patch_size, batch, input_size=(shape.height, shape.width))
+            return self.model
+        return (random_wan if self.video else random_model)(self.cfg, shape, device, seed)
+
+    def cost(self, model, shape, batch: int):
+        if self.model is not None:
+            return model_cost(model, shape.patch_size, batch, merged=self.lora == "merged",
+                              input_size=shape.spatial if self.video else None)
+        return forward_cost(self.cfg, shape.patch_size, batch, input_size=shape.spatial)
 
 
-def _variants(spec: ProfileSpec) -> tuple[list[_Variant], list[Shape]]:
-    latent = parse_latent(spec.latent, spec.image_size)
+def _label(spec: ProfileSpec, cfg, default: str) -> str:
+    label = spec.model or default
+    if (spec.depth, spec.width, spec.heads) != (None, None, None):
+        label += f" (depth {cfg.depth}, width {cfg.hidden_size}, heads {cfg.num_heads})"
+    return label
+
+
+def _variants(spec: ProfileSpec) -> tuple[list[_Variant], list]:
+    if spec.checkpoint is None and is_video_model(spec.model):
+        if spec.image_size is not None:
+            raise FlexcliError("--image-size is for image models", "give a video latent with --latent FxHxW")
+        cfg = video_config(spec)
+        shapes = plan_video_shapes(spec, parse_video_latent(spec.latent, WAN_480P_81), cfg.patch_size, None)
+        return [_Variant(_label(spec, cfg, ""), "random weights", "none", cfg, video=True)], shapes
     if spec.checkpoint is None:
+        latent = parse_latent(spec.latent, spec.image_size)
         cfg = random_config(spec)
         shapes = plan_shapes(spec, latent or (cfg.input_size, cfg.input_size), cfg.patch_size, None)
-        label = spec.model or "DiT-XL/2"
-        if (spec.depth, spec.width, spec.heads) != (None, None, None):
-            label += f" (depth {cfg.depth}, width {cfg.hidden_size}, heads {cfg.num_heads})"
-        return [_Variant(label, "random weights", "none", cfg)], shapes
+        return [_Variant(_label(spec, cfg, "DiT-XL/2"), "random weights", "none", cfg)], shapes
     if spec.model is not None:
         raise FlexcliError("--model and --checkpoint both given", "pass one: a named config or a checkpoint")
-    given = [n for n, v in (("--latent", spec.latent), ("--image-size", spec.image_size), ("--depth", spec.depth),
-                            ("--width", spec.width), ("--heads", spec.heads)) if v is not None]
+    from flexcli.api import load_model
+
+    path = Path(spec.checkpoint)
+    model = load_model(path)
+    video = len(model.base_patch) == 3
+    given = [n for n, v in (("--latent", None if video else spec.latent), ("--image-size", spec.image_size),
+                            ("--depth", spec.depth), ("--width", spec.width), ("--heads", spec.heads)) if v is not None]
     if spec.fit_latent:
         given.append("--fit-latent")
     if given:
         raise FlexcliError(f"{', '.join(given)} cannot be used with --checkpoint (the checkpoint fixes its shape)",
                            "drop them, or profile a named config with --model")
-    from flexcli.api import load_model
+    if video:
+        from flexcli.families import family_of
 
-    path = Path(spec.checkpoint)
-    model = load_model(path)
-    shapes = plan_shapes(spec, (model.config.input_size,) * 2, model.config.patch_size, model.patch_sizes)
+        latent = parse_video_latent(spec.latent, family_of(model.config).cost.spatial(model.config))
+        shapes = plan_video_shapes(spec, latent, model.base_patch, model.patch_sizes)
+    else:
+        shapes = plan_shapes(spec, (model.config.input_size,) * 2, model.config.patch_size, model.patch_sizes)
     if model.flex is not None and model.flex.mode == "lora":
         merged = load_model(path, merge_lora=True)
-        return [_Variant(path.name, str(path), "unmerged", model.config, model),
-                _Variant(path.name, str(path), "merged", model.config, merged)], shapes
-    return [_Variant(path.name, str(path), "none", model.config, model)], shapes
+        return [_Variant(path.name, str(path), "unmerged", model.config, model, video),
+                _Variant(path.name, str(path), "merged", model.config, merged, video)], shapes
+    return [_Variant(path.name, str(path), "none", model.config, model, video)], shapes
 
 
 def run_forward(spec: ProfileSpec, device: torch.device | None, dtype: str, common: dict,
@@ -102,13 +123,13 @@ def run_forward(spec: ProfileSpec, device: torch.device | None, dtype: str, comm
             cfg = variant.cfg
             row = {"kind": "forward", "model": variant.label, "source": variant.source, "lora": variant.lora,
                    "depth": cfg.depth, "width": cfg.hidden_size, "heads": cfg.num_heads, "latent": shape.latent,
-                   "patch_size": shape.patch_size, "tokens": shape.tokens, "batch": spec.batch, "dtype": dtype,
+                   "patch_size": shape.label, "tokens": shape.tokens, "batch": spec.batch, "dtype": dtype,
                    "schedule": "", "steps": "", "packing": ""}
             notes = []
-            if shape.height != shape.width and variant.model is None:
+            if shape.height != shape.width and variant.model is None and not variant.video:
                 notes.append(f"rectangular latent: 2-D sin-cos positions on a {shape.height // shape.patch_size}x"
                              f"{shape.width // shape.patch_size} token grid")
-            say(f"[{len(rows) + 1}/{total}] {variant.label} lora={variant.lora} p={shape.patch_size} "
+            say(f"[{len(rows) + 1}/{total}] {variant.label} lora={variant.lora} p={shape.label} "
                 f"latent {shape.latent}: {shape.tokens} tokens")
             model = variant.build(shape, device or torch.device("meta"), spec.seed)
             row.update(_cost_fields(variant.cost(model, shape, 1), variant.cost(model, shape, spec.batch),
@@ -128,16 +149,13 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _time_row(spec: ProfileSpec, variant: _Variant, model: DiT, shape: Shape, device: torch.device, dtype: str,
+def _time_row(spec: ProfileSpec, variant: _Variant, model, shape, device: torch.device, dtype: str,
               notes: list[str]) -> dict:
     torch_dtype = lat.DTYPES[dtype]
     model = model.to(device=device, dtype=torch_dtype)
     cfg = variant.cfg
     g = torch.Generator().manual_seed(spec.seed + 1)
-    x = torch.randn(spec.batch, cfg.in_channels, shape.height, shape.width, generator=g).to(device, torch_dtype)
-    t = torch.randint(0, 1000, (spec.batch,), generator=g).to(device)
-    y = random_condition(cfg, spec.batch, g)
-    y = y.to(device) if isinstance(y, torch.Tensor) else type(y)(y.embeds.to(device, torch_dtype), y.mask.to(device))
+    x, t, y = shape.example_inputs(cfg, spec.batch, g, device, torch_dtype)
     p = shape.patch_size
     warmup = max(spec.warmup, COMPILE_WARMUP) if spec.compile else spec.warmup
     repeats = spec.repeats or DEFAULT_REPEATS

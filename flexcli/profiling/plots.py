@@ -72,7 +72,9 @@ def _label(group: pd.DataFrame) -> str:
 def _point_label(row: pd.Series) -> str:
     if row.get("kind") == "schedule":
         return str(row.get("schedule"))
-    return f"p{int(row['patch_size'])}, {int(row['tokens'])} tokens"
+    p = row["patch_size"]
+    p = int(p) if isinstance(p, (int, float)) else p  # images: an int; video: "1x2x2"
+    return f"p{p}, {int(row['tokens'])} tokens"
 
 
 def _devices(df: pd.DataFrame) -> str:

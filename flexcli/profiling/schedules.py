@@ -70,6 +70,11 @@ def _random_variants(spec, device: torch.device) -> list[_Variant]:
     from flexcli.flex.layers import merge_loras
     from flexcli.profiling.spec import Shape, parse_latent, random_config, random_model
 
+    from flexcli.profiling.video import is_video_model
+
+    if is_video_model(spec.model):
+        raise FlexcliError("--schedules profiles image models; video sampling runs are not profiled yet",
+                           "profile Wan's forward rows (--patch-sizes or --seq-lengths), or sample with --compute")
     cfg = random_config(spec)
     if hasattr(cfg, "caption_channels"):
         raise FlexcliError(f"schedule profiling of the text-to-image {spec.model} is not supported yet",

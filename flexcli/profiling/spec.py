@@ -38,9 +38,9 @@ class ProfileSpec:
 
     model: str | None = None  # a named config (DiT-XL/2, PixArt-XL/2-1024, Emu/2, ...), random weights (default DiT-XL/2)
     checkpoint: str | Path | None = None
-    patch_sizes: list[int] | None = None
+    patch_sizes: list | None = None  # ints (images) or (p_t, p_h, p_w) tuples (video)
     seq_lengths: list[int] | None = None
-    latent: str | None = None  # "32" or "32x48"
+    latent: str | None = None  # "32" or "32x48"; video "21x60x104"
     image_size: str | None = None  # "256" or "256x512"; latent = image / 8
     fit_latent: bool = False
     depth: int | None = None
@@ -79,6 +79,21 @@ class Shape:
     def latent(self) -> str:
         return f"{self.height}x{self.width}"
 
+    @property
+    def spatial(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def label(self) -> int:
+        return self.patch_size
+
+    def example_inputs(self, cfg, batch: int, generator: torch.Generator, device, dtype):
+        x = torch.randn(batch, cfg.in_channels, self.height, self.width, generator=generator).to(device, dtype)
+        t = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+        y = random_condition(cfg, batch, generator)
+        y = y.to(device) if isinstance(y, torch.Tensor) else type(y)(y.embeds.to(device, dtype), y.mask.to(device))
+        return x, t, y
+
 
 # ------------------------------------------------------------------------------------------------------
 def parse_int_list(text: str | None, option: str) -> list[int] | None:
@@ -95,6 +110,25 @@ def parse_int_list(text: str | None, option: str) -> list[int] | None:
             out.append(int(part))
     if not out:
         raise FlexcliError(f"{option} is empty", f"e.g. {option} 1024,256")
+    return out
+
+
+def parse_patch_list(text: str | None, option: str) -> list | None:
+    """"2,4" -> [2, 4]; video "1x2x2,2x2x2" -> [(1, 2, 2), (2, 2, 2)] (de-duplicated, in order)."""
+    if text is None or "x" not in str(text):
+        return parse_int_list(text, option)
+    out: list = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        axes = part.split("x")
+        if not all(a.isdigit() and int(a) > 0 for a in axes):
+            raise FlexcliError(f"{option} '{text}' is not a list of patch sizes", f"e.g. {option} 1x2x2,1x4x4")
+        p = tuple(int(a) for a in axes) if len(axes) > 1 else int(axes[0])
+        if p not in out:
+            out.append(p)
+    if not out:
+        raise FlexcliError(f"{option} is empty", f"e.g. {option} 1x2x2,1x4x4")
     return out
 
 

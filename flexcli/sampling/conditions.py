@@ -121,6 +121,8 @@ def load_text_encoder(cfg, model):
     from flexcli import text
 
     device = next(model.parameters()).device
+    preprocess = getattr(model, "text_preprocess", "lower")  # Wan: as written; PixArt: lower-cased
     if cfg.text_encoder == "minilm":
-        return text.load_minilm(device, max_length=model.text_length)
-    return text.load_t5_encoder(cfg.text_encoder or cfg.pipeline, device, max_length=model.text_length)
+        return text.load_minilm(device, max_length=model.text_length, preprocess=preprocess)
+    return text.load_t5_encoder(cfg.text_encoder or cfg.pipeline, device, max_length=model.text_length,
+                                preprocess=preprocess)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from flexcli.diffusion import schedule as G
+from flexcli.diffusion.flow import FLOW_SOLVERS
 from flexcli.diffusion.samplers import SOLVERS
 from flexcli.diffusion.t2i_solvers import T2I_SOLVERS
 from flexcli.diffusion.schedule import ORDERS
@@ -18,6 +19,8 @@ from flexcli.errors import FlexcliError
 PACKING = ("separate", "packed")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SCHEDULE_KEYS = ("schedule", "schedule_steps", "compute")
+# DDPM solvers (DiT), PixArt's text-to-image ones, and flow-unipc/flow-euler for flow-matching models (Wan)
+ALL_SOLVERS = SOLVERS + tuple(T2I_SOLVERS) + tuple(f"flow-{s}" for s in FLOW_SOLVERS)
 
 
 @dataclass
@@ -26,7 +29,8 @@ class SampleConfig:
     out: str = ""
     num_samples: int = 8
     steps: int = 250
-    solver: str = "ddpm"
+    solver: str | None = None  # None: the family's (ddpm for DiT, flow-unipc for Wan)
+    flow_shift: float | None = None  # flow-matching solvers: None = diffusers' Wan choice (3.0 at 480p, 5.0 above)
     eta: float = 0.0  # DDIM only
     cfg_scale: float = 4.0  # s_cfg1; 1 disables guidance
     cfg_scale_weak: float | None = None  # s_cfg2; default from (1 - s1) / (1 - s2) = 2.5
@@ -44,10 +48,14 @@ class SampleConfig:
     schedule: str | None = None  # x/y, x, P:N,... (see flexcli.diffusion.schedule)
     schedule_steps: Any = None  # explicit per-step list (recipes)
     compute: float | None = None  # target compute fraction
-    weak_patch: int | None = None  # the weak size of x/y and --compute; default the smallest weak size
+    weak_patch: Any = None  # the weak size of x/y and --compute (4; video 2,2,2); default the smallest weak size
     order: str = "weak-first"
     packing: str = "separate"
     batch_size: int = 16
+    # video families (Wan): the clip's size in pixels; the latent is (frames - 1) / 4 + 1 x height / 8 x width / 8
+    frames: int | None = None  # default 81
+    height: int | None = None  # default 480
+    width: int | None = None  # default 832
     vae: str | None = None
     merge_lora: bool = False
     device: str = "auto"
@@ -78,8 +86,10 @@ def validate(cfg: SampleConfig) -> None:
          "pass --num-samples 1 or more")
     need(isinstance(cfg.steps, int) and 1 <= cfg.steps <= 1000, f"--steps {cfg.steps} is not in 1..1000",
          "e.g. --steps 250")
-    need(cfg.solver in SOLVERS + tuple(T2I_SOLVERS), f"unknown solver '{cfg.solver}'",
-         f"use one of: {', '.join(SOLVERS + tuple(T2I_SOLVERS))}")
+    need(cfg.solver is None or cfg.solver in ALL_SOLVERS, f"unknown solver '{cfg.solver}'",
+         f"use one of: {', '.join(ALL_SOLVERS)}")
+    need(cfg.flow_shift is None or cfg.flow_shift > 0, f"--flow-shift {cfg.flow_shift} is not positive",
+         "pass e.g. --flow-shift 3 (480p) or 5 (720p)")
     need(cfg.guidance in G.GUIDANCE_MODES, f"unknown guidance '{cfg.guidance}'", "use weak or cfg")
     need(cfg.order in ORDERS, f"unknown order '{cfg.order}'", f"use one of: {', '.join(ORDERS)}")
     need(cfg.packing in PACKING, f"unknown packing '{cfg.packing}'", f"use one of: {', '.join(PACKING)}")
@@ -89,7 +99,8 @@ def validate(cfg: SampleConfig) -> None:
     need(cfg.eta >= 0, f"--eta {cfg.eta} is negative", "pass --eta 0 (deterministic DDIM) or more")
     if cfg.vae is not None and not Path(cfg.vae).exists():
         raise FlexcliError(f"--vae path {cfg.vae} not found", "pass a local diffusers AutoencoderKL folder "
-                           "(e.g. a saved stabilityai/sd-vae-ft-ema); nothing is downloaded")
+                           "(e.g. a saved stabilityai/sd-vae-ft-ema; for Wan its AutoencoderKLWan vae/ folder); "
+                           "nothing is downloaded")
     if cfg.class_labels is not None:
         need(len(cfg.class_labels) > 0, "--class-labels is empty", "pass e.g. --class-labels 207,360")
     for flag, path in (("--prompts-file", cfg.prompts_file), ("--prompt-embeds", cfg.prompt_embeds),

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from flexcli.diffusion import schedule as G
+from flexcli.diffusion.flow import run_flow_solver
 from flexcli.diffusion.samplers import make_generators, per_sample_noise, run_solver
 from flexcli.diffusion.t2i_solvers import T2I_SOLVERS, run_t2i_solver
 from flexcli.io.samples import decode, to_uint8
@@ -33,9 +34,11 @@ def make_denoiser(model, cfg: SampleConfig, plan: Plan, y, null) -> Callable:
                 return _denoise(x, step, t).to(x.dtype)
         return _denoise(x, step, t)
 
-    def _denoise(x: torch.Tensor, step: int, t: int) -> torch.Tensor:
+    def _denoise(x: torch.Tensor, step: int, t) -> torch.Tensor:
         pc, pu = plan.schedule.cond[step], plan.schedule.uncond[step]
-        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        # DDPM solvers give integer timesteps; flow-matching ones the float the pipeline passes (sigma x 1000)
+        tt = torch.full((x.shape[0],), t, dtype=torch.float32 if isinstance(t, float) else torch.long,
+                        device=x.device)
         if not plan.guided:
             return model(x, tt, y, patch_size=pc)
         yg = y if G.uses_weak_guidance(pc, pu, cfg.guidance) else null
@@ -70,10 +73,13 @@ def sample_latents(model, cfg: SampleConfig, plan: Plan, indices: list[int], dev
                           "step": step + 1, "steps": total, "t": info["t"],
                           "compute_fraction": cum[step] / ((step + 1) * plan.baseline_step_macs)})
         denoise = make_denoiser(model, cfg, plan, y, null)
-        if cfg.solver in T2I_SOLVERS:
-            out.append(run_t2i_solver(cfg.solver, denoise, x, gens, cfg.steps, callback).cpu())
+        if plan.flow_shift is not None:  # flow matching: deterministic, randomness only in the initial noise
+            out.append(run_flow_solver(plan.solver[len("flow-"):], denoise, x, cfg.steps, plan.flow_shift,
+                                       callback=callback).cpu())
+        elif plan.solver in T2I_SOLVERS:
+            out.append(run_t2i_solver(plan.solver, denoise, x, gens, cfg.steps, callback).cpu())
         else:
-            out.append(run_solver(cfg.solver, denoise, x, plan.diffusion, gens, eta=cfg.eta,
+            out.append(run_solver(plan.solver, denoise, x, plan.diffusion, gens, eta=cfg.eta,
                                   callback=callback).cpu())
     return torch.cat(out) if out else torch.empty(0)
 

@@ -45,13 +45,15 @@ def run_record(cfg: SampleConfig, model, plan: Plan, wall: float, device, world:
     if plan.guided:
         for name, pack, dense in (("separate", "separate", True), ("packed_dense", "packed", True),
                                   ("packed_block_sparse", "packed", False)):
-            fn = model_step_cost(model, pack, dense)
+            fn = model_step_cost(model, pack, dense, input_size=plan.input_size)
             packing[name] = 2 * sum(fn(c, u) for c, u in plan.schedule.pairs())
     return {
         "config": cfg.to_dict(), "model": {"config": model.config.to_dict(), "patch_sizes": model.patch_sizes,
                                            "flex": model.flex.describe() if model.flex is not None else None},
         "seeds": [cfg.seed + i for i in range(cfg.num_samples)], **plan.conditioning.record(),
         "timesteps": plan.timesteps[::-1], "schedule": plan.schedule.to_dict(),
+        "solver": {"name": plan.solver, **({"flow_shift": plan.flow_shift} if plan.flow_shift is not None else {})},
+        "latent_shape": list(plan.latent_shape),
         "guidance": {"enabled": plan.guided, "mode": cfg.guidance, "s_cfg1": plan.s1, "s_cfg2": plan.s2,
                      "guided_channels": cfg.guided_channels or plan.latent_shape[0]},
         "steps": steps,

@@ -60,6 +60,10 @@ def _run(cfg: SampleConfig, out: Path, device, rank: int, world: int, progress, 
     if cfg.dtype == "float64":
         model = model.double()
     plan = make_plan(cfg, model)
+    if len(model.base_patch) == 3:  # video: its own outputs (flexcli.sampling.video_outputs)
+        from flexcli.sampling.video_outputs import run_video
+
+        return run_video(cfg, model, plan, out, device, rank, world, progress, notes)
     pixel = model.config.in_channels in (1, 3)
     vae = None
     if not pixel and cfg.vae is not None:

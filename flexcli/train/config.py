@@ -29,7 +29,7 @@ class DistillConfig:
     eval_samples: int = 256
     # objective
     mode: str = "auto"  # auto = the checkpoint's flex mode; lora (§3.2 distillation) or shared (§3.1)
-    patch_sizes: list[int] | None = None  # sizes to train (lora: weak sizes; shared: any); None = all
+    patch_sizes: list | None = None  # sizes to train (lora: weak sizes; shared: any), e.g. [4] or [[2, 2, 2]]; None = all
     sigma_weight: float = 1.0  # lora: weight of the learned-sigma (variance) channels in the distillation loss
     label_dropout: float | None = None  # None = the checkpoint's class_dropout_prob (text: caption dropout)
     distill_weight: float = 0.0  # shared: weight of the weak-vs-powerful distillation term
@@ -39,6 +39,7 @@ class DistillConfig:
     mmd_respacing: int = 250  # the DDPM schedule of the bootstrap chain (the inference schedule)
     timesteps: str = "uniform"  # uniform or low (t = floor(1000 * u**t_bias_power): biased to small t, C.2)
     t_bias_power: float = 2.0
+    flow_shift: float = 3.0  # flow-matching models (Wan): sigma = s u / (1 + (s - 1) u), as the 480p sampler
     # optimisation
     steps: int = 1000
     batch_size: int = 32  # global batch (over all processes and accumulation steps)
@@ -82,6 +83,7 @@ def validate(cfg: DistillConfig, where: str = "config") -> DistillConfig:
     need(0 <= cfg.ema_decay < 1, "ema_decay must lie in [0, 1)", "e.g. 0.9999; 0 turns EMA off")
     need(cfg.ckpt_every > 0, "ckpt_every must be positive", "e.g. 500")
     need(cfg.t_bias_power > 0, "t_bias_power must be positive", "e.g. 2")
+    need(cfg.flow_shift > 0, "flow_shift must be positive", "e.g. 3 (480p) or 5 (720p)")
     need(cfg.label_dropout is None or 0 <= cfg.label_dropout < 1, "label_dropout must lie in [0, 1)", "fix it")
     need(cfg.mmd_weight >= 0 and cfg.distill_weight >= 0 and cfg.sigma_weight >= 0,
          "loss weights must not be negative", "fix them")

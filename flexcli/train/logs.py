@@ -26,7 +26,7 @@ class LossLog:
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
 
-    def append(self, step: int, loss: float, patch_size: int, lr: float, grad_norm: float, seconds: float) -> None:
+    def append(self, step: int, loss: float, patch_size, lr: float, grad_norm: float, seconds: float) -> None:
         self._writer.writerow([step, repr(float(loss)), patch_size, repr(float(lr)), f"{grad_norm:.6g}", f"{seconds:.4f}"])
         self._file.flush()
 
@@ -50,7 +50,7 @@ def plot_losses(csv_path: Path, png_path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for p in sorted({r["patch_size"] for r in rows}, key=int):
+    for p in sorted({r["patch_size"] for r in rows}, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else v)):
         pts = [(int(r["step"]), float(r["loss"])) for r in rows if r["patch_size"] == p]
         ax.plot([s for s, _ in pts], [v for _, v in pts], lw=0.8, label=f"patch {p}")
     ax.set_xlabel("step")

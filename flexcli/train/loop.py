@@ -20,6 +20,7 @@ import torch
 from flexcli.version import __version__
 from flexcli.data import load_training_data
 from flexcli.errors import FlexcliError
+from flexcli.flex.patches import label
 from flexcli.train.config import DistillConfig, read_config, resolve, save_config
 from flexcli.train.evaluation import weak_vs_powerful_error
 from flexcli.train.logs import LossLog, plot_losses
@@ -100,13 +101,16 @@ def _read_model(checkpoint: Path):
     return ckpt, build_model(ckpt), file_sha256(Path(checkpoint))
 
 
-def _train_sizes(cfg: DistillConfig, model, mode: str) -> list[int]:
+def _train_sizes(cfg: DistillConfig, model, mode: str) -> list:
+    from flexcli.flex.patches import label, parse_patch
+
     base = model.config.patch_size
     available = model.patch_sizes if mode == "shared" else model.patch_sizes[1:]
-    sizes = list(cfg.patch_sizes) if cfg.patch_sizes else list(available)
+    sizes = [parse_patch(p, len(model.base_patch), "patch_sizes") for p in cfg.patch_sizes or available]
     for p in sizes:
         if p not in available:
-            raise FlexcliError(f"patch size {p} cannot be trained in {mode} mode (available: {available})",
+            raise FlexcliError(f"patch size {label(p)} cannot be trained in {mode} mode (available: "
+                               f"{', '.join(label(q) for q in available)})",
                                "choose patch_sizes among the checkpoint's weak sizes" if p != base else
                                "lora mode trains only the weak sizes; the pretrained one stays frozen")
     return sizes
@@ -178,7 +182,7 @@ def _run(ckpt, model, sha, checkpoint, out_dir, cfg, dist, resume, force, stop_a
     mode, sizes = _check_run(model, cfg, checkpoint, dist)
     _check_out(out_dir, resume, force)
     dist.barrier()  # every process checked the folder before the main one writes into it
-    data, eval_data = _load_data(cfg, model, out_dir, dist)
+    data, eval_data = _load_data(cfg, model, out_dir, dist, sizes)
     if dist.main:
         _prepare_out(out_dir, resume)
         save_config(cfg, out_dir / CONFIG_NAME)
@@ -219,7 +223,7 @@ def _run(ckpt, model, sha, checkpoint, out_dir, cfg, dist, resume, force, stop_a
             step, last_loss = info.step, info.loss
             losses.append(info.loss)
             if log is not None:
-                log.append(step, info.loss, info.patch_size, info.lr, info.grad_norm, info.seconds)
+                log.append(step, info.loss, label(info.patch_size), info.lr, info.grad_norm, info.seconds)
             say("step", info)
             if step % cfg.ckpt_every == 0 and step < cfg.steps and (stop_after is None or step < stop_after):
                 checkpoint_now()
@@ -250,25 +254,31 @@ def _check_run(model, cfg: DistillConfig, checkpoint: Path, dist) -> tuple[str, 
     if cfg.batch_size % (cfg.grad_accum * dist.world):
         raise FlexcliError(f"batch_size {cfg.batch_size} is not divisible by grad_accum x processes "
                            f"({cfg.grad_accum} x {dist.world})", "choose a batch size that divides evenly")
+    if cfg.mmd_weight > 0 and len(model.base_patch) == 3:
+        raise FlexcliError("the bootstrapped MMD loss (App. B.1) is implemented for DDPM image models",
+                           "set mmd_weight: 0 for video models")
     if cfg.mmd_weight > 0 and mode != "shared":
         raise FlexcliError("the bootstrapped MMD loss needs shared mode (it trains the powerful model, App. B.1)",
                            "flexify with --mode shared, or set mmd_weight: 0")
     return mode, sizes
 
 
-def _load_data(cfg: DistillConfig, model, out_dir: Path, dist):
+def _load_data(cfg: DistillConfig, model, out_dir: Path, dist, sizes: list):
     """Training (and held-out) data; the main process encodes (and caches) first, the others read the cache.
-    Text-conditional families take images with captions (`flexcli.data.text_data`)."""
+    Text-conditional families take images (video clips: latent shards) with captions (`flexcli.data.text_data`),
+    video latents checked against the pretrained and every trained patch size."""
     from flexcli.families import family_of
 
     text = family_of(model).conditioning == "text"
     if cfg.text_encoder is not None and not text:
         raise FlexcliError("--text-encoder given to a class-conditional checkpoint", "drop it (labels come from the data)")
+    tiles = list(dict.fromkeys([tuple(model.base_patch)] + [tuple(p) for p in sizes if not isinstance(p, int)]))
 
     def load(spec, limit=None):
         if text:
             from flexcli.data.text_data import load_text_data
-            return load_text_data(spec, model, cfg.vae, cfg.text_encoder, cache_dir=out_dir / "cache", limit=limit)
+            return load_text_data(spec, model, cfg.vae, cfg.text_encoder, cache_dir=out_dir / "cache", limit=limit,
+                                  patch_sizes=tiles)
         return load_training_data(spec, model.config, cfg.vae, cache_dir=out_dir / "cache", limit=limit)
 
     data = eval_data = None
@@ -295,7 +305,7 @@ def _restore(trainer: Trainer, state: dict, sha: str, checkpoint: Path, out_dir:
     trainer.order.load_state_dict(state["data_order"])
     evaluation = {}
     if (out_dir / EVAL_NAME).exists():
-        evaluation = {k: {int(p): v for p, v in d.items()}
+        evaluation = {k: {int(p) if p.isdigit() else p: v for p, v in d.items()}
                       for k, d in json.loads((out_dir / EVAL_NAME).read_text()).items()}
     return int(state["step"]), evaluation
 
@@ -312,7 +322,9 @@ def _save_output(model, ema, cfg, ckpt, checkpoint, sha, data, out_dir, step, la
 
     training = {"recipe": cfg.recipe, "config": cfg.to_dict(), "steps": step, "complete": bool(final),
                 "data": data.describe(), "final_loss": last_loss, "weights": cfg.save_weights if ema else "raw",
-                "objective": "distillation (§3.2)" if model.flex.mode == "lora" else "DiT loss (§3.1)"
+                "objective": ("velocity " if len(model.base_patch) == 3 else "") + "distillation (§3.2)"
+                if model.flex.mode == "lora" else ("flow-matching" if len(model.base_patch) == 3 else "DiT")
+                + " loss (§3.1)"
                 + (" + bootstrapped MMD (App. B.1)" if cfg.mmd_weight > 0 else ""),
                 "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "input": {"file": checkpoint.name, "sha256": sha}, "flexcli_version": __version__}

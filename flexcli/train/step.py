@@ -21,7 +21,9 @@ import torch
 
 from flexcli.data.text_data import TextData
 from flexcli.diffusion.process import GaussianDiffusion
+from flexcli.families import family_of
 from flexcli.flex.conditions import TextCondition
+from flexcli.train import flow
 from flexcli.train import objectives as obj
 from flexcli.train.config import DistillConfig
 from flexcli.train.state import EMA, DataOrder
@@ -37,7 +39,7 @@ class StepInfo:
     step: int  # steps done
     steps: int  # total steps of the run
     loss: float
-    patch_size: int
+    patch_size: object  # an int (images) or a (p_t, p_h, p_w) tuple (video)
     lr: float
     grad_norm: float
     seconds: float = 0.0
@@ -56,6 +58,7 @@ class Trainer:
         self.ema = EMA(self.params, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.order = DataOrder(len(data), self.gen)
+        self.flow = family_of(model).process == "flow"  # velocity models (Wan) train with flexcli.train.flow
 
     def wrap(self) -> None:
         """Build what the steps need once the state is final (after a resume): DDP, autocast, processes."""
@@ -73,8 +76,8 @@ class Trainer:
             self.autocast = torch.autocast(device.type, dtype=torch.bfloat16)
         else:
             self.autocast = contextlib.nullcontext()  # fp32 on the CPU by default: exact and reproducible
-        mc = self.model.config
-        self.label_p = mc.class_dropout_prob if cfg.label_dropout is None else cfg.label_dropout
+        default = getattr(self.model.config, "class_dropout_prob", 0.1)  # Wan: 10 % of captions to the null one
+        self.label_p = default if cfg.label_dropout is None else cfg.label_dropout
 
     def step(self, step: int, on_failure) -> StepInfo:
         """Optimisation step step + 1. `on_failure(what, value)` builds the error for a non-finite loss/gradient."""
@@ -90,7 +93,10 @@ class Trainer:
             y_all = self.data.dropped(idx, self.label_p, gen, self.model.learned_null_caption())
         else:
             y_all = obj.drop_labels(self.data.labels[idx], self.label_p, self.model.config.num_classes, gen)
-        t_all = obj.sample_timesteps(cfg.batch_size, gen, cfg.timesteps, cfg.t_bias_power)
+        if self.flow:  # sigma in (0, 1], as the flow sampler spaces it
+            t_all = flow.sample_sigmas(cfg.batch_size, gen, cfg.timesteps, cfg.t_bias_power, cfg.flow_shift)
+        else:
+            t_all = obj.sample_timesteps(cfg.batch_size, gen, cfg.timesteps, cfg.t_bias_power)
         noise_all = torch.randn((cfg.batch_size, *self.data.latents.shape[1:]), generator=gen)
         manual_sync = cfg.mmd_weight > 0 and dist.world > 1
         total = torch.zeros((), dtype=torch.float64, device=dist.device)
@@ -121,7 +127,10 @@ class Trainer:
         sl = slice(lo, lo + local)
         x0, y = self.data.latents[idx[sl]].to(device), rows(y_all, sl).to(device)
         t, noise = t_all[sl].to(device), noise_all[sl].to(device)
-        x_t = self.diffusion.q_sample(x0, t, noise)
+        if self.flow:  # the model sees 1000 sigma
+            x_t, t = flow.noised(x0, t, noise), 1000 * t
+        else:
+            x_t = self.diffusion.q_sample(x0, t, noise)
         c, base = model.config.in_channels, model.config.patch_size
         last = a == cfg.grad_accum - 1
         sync = contextlib.nullcontext() if (last and not manual_sync) or net is model else net.no_sync()
@@ -129,6 +138,9 @@ class Trainer:
             with self.autocast:
                 if self.mode == "lora":
                     terms = obj.lora_distill_loss(net, model, x_t, t, y, p, c, cfg.sigma_weight)
+                elif self.flow:
+                    terms = flow.flow_shared_loss(net, model, x0, x_t, t, noise, y, p, base, cfg.distill_weight,
+                                                  cfg.sigma_weight)
                 else:
                     terms = obj.shared_loss(net, model, self.diffusion, x0, x_t, t, noise, y, p, base,
                                             model.config.learn_sigma, cfg.distill_weight, cfg.sigma_weight)

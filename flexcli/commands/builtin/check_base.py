@@ -16,7 +16,7 @@ def check_base(
     steps: int = typer.Option(100, help="DDPM steps."),
     cfg_scale: float = typer.Option(4.0, help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, help="First seed."),
-    classifier: Optional[Path] = typer.Option(None, help="Classifier weights [default: the shipped ones]."),
+    classifier: Optional[Path] = typer.Option(None, help="Classifier weights (default: the shipped ones)."),
 ) -> None:
     """Class accuracy of the base's samples by the domain classifier (target 70 %; exit code 1 below it)."""
     with user_errors():
