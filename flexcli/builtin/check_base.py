@@ -1,11 +1,13 @@
-"""Check a Fashion-MNIST base model (issue #7): sample it, classify the samples, draw a class-sorted grid.
+"""Check a Fashion-MNIST base model (issues #7, #13): sample it, classify the samples, draw a class-sorted grid.
 
     flexcli builtin check-base CKPT --out DIR [--num-samples 200 --steps 100 --cfg-scale 4.0]
 
-Samples go through `flexcli.sampling` (DDPM, all-powerful, classifier-free guidance, labels cycling 0..9 so each
-class gets the same count, seeds 0..N-1). The domain classifier (`flexcli.builtin.classifier`) says whether each
-sample shows the class it was asked for. Writes `check.json` (class accuracy, overall and per class, and the
-settings) and `grid.png` (one row per class, in label order). The base must reach 70 %.
+Samples go through `flexcli.sampling` (DDPM, all-powerful, classifier-free guidance, seeds 0..N-1), sample i asked
+for class i mod 10 so each class gets the same count: by its label (class-conditional DiT) or by a held-out caption
+naming it (text-to-image PixArt: `flexcli.builtin.captions.heldout_prompts`, templates never seen in training,
+encoded by all-MiniLM-L6-v2). The domain classifier (`flexcli.builtin.classifier`) says whether each sample shows
+the class it was asked for. Writes `check.json` (class accuracy, overall and per class, and the settings) and
+`grid.png` (one row per class, in label order). The base must reach 70 %.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from flexcli.builtin.classifier import class_accuracy, load_classifier
+from flexcli.builtin.classifier import CLASSES, class_accuracy, load_classifier
 from flexcli.io.atomic import atomic_path
 
 TARGET = 0.70
@@ -27,14 +29,22 @@ def check_base(checkpoint: str | Path, out_dir: str | Path | None = None, *, num
                grid_per_class: int = 10) -> dict:
     """The check's report (see the module docstring); with `out_dir`, also check.json and grid.png there."""
     from flexcli.api import load_model
+    from flexcli.families import family_of
     from flexcli.sampling import SampleConfig, sample
 
     net, meta = load_classifier(classifier)  # fails before any sampling
     model = load_model(checkpoint).eval()
     labels = [i % 10 for i in range(num_samples)]
+    text = family_of(model).conditioning == "text"
+    if text:
+        from flexcli.builtin.captions import heldout_prompts
+
+        prompts = heldout_prompts(-(-num_samples // 10))[0][:num_samples]
+        cond = {"prompts": prompts, "text_encoder": "minilm"}
+    else:
+        cond = {"class_labels": list(range(10))}
     cfg = SampleConfig(checkpoint=str(checkpoint), num_samples=num_samples, steps=steps, solver="ddpm",
-                       cfg_scale=cfg_scale, guidance="cfg", class_labels=list(range(10)), seed=seed,
-                       batch_size=batch_size)
+                       cfg_scale=cfg_scale, guidance="cfg", seed=seed, batch_size=batch_size, **cond)
     start = time.perf_counter()
     _, images, _ = sample(model, cfg, device="cpu")
     seconds = time.perf_counter() - start
@@ -43,8 +53,12 @@ def check_base(checkpoint: str | Path, out_dir: str | Path | None = None, *, num
               "passed": acc["accuracy"] >= TARGET, "per_class": acc["per_class"], "num_samples": num_samples,
               "steps": steps, "solver": "ddpm", "cfg_scale": cfg_scale, "guidance": "cfg (all channels)",
               "seeds": f"{seed}..{seed + num_samples - 1}", "labels": "i mod 10",
+              "conditioning": "held-out captions (all-MiniLM-L6-v2), sample i names class i mod 10" if text
+              else "class labels",
               "classifier_test_accuracy": meta.get("metrics", {}).get("test_accuracy"),
               "sampling_seconds": round(seconds, 1)}
+    if text:
+        report["prompts_per_class"] = {CLASSES[c]: sorted(set(prompts[c::10])) for c in range(10)}
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -89,11 +89,12 @@ def write_reference(path: Path, n: int, side: int = 32) -> Path:
 
 
 def distill_config(steps: int, batch_size: int, lr: float, *, data_limit: int | None, seed: int = 0,
-                   where: str = "main job"):
-    """The built-in default's weak-mode distillation settings (Fashion-MNIST, clipped grads, warmed-up EMA)."""
+                   where: str = "main job", data: str = "fashion-mnist"):
+    """The built-in defaults' weak-mode distillation settings (Fashion-MNIST, or `data`: its captioned version;
+    clipped grads, warmed-up EMA)."""
     from flexcli.train.config import resolve
 
-    return resolve(None, {"data": "fashion-mnist", "data_limit": data_limit, "steps": steps, "batch_size": batch_size,
+    return resolve(None, {"data": data, "data_limit": data_limit, "steps": steps, "batch_size": batch_size,
                           "lr": lr, "grad_clip": 1.0, "ema_decay": 0.999, "ema_warmup": True, "seed": seed,
                           "ckpt_every": max(steps, 1)}, where=where)
 
@@ -116,7 +117,7 @@ def run_main_job(out: str | Path, *, quick: bool = False, base: str | Path | Non
     job = job or settings(quick)
     base = _base_checkpoint(base)
     classifier.load_classifier()  # fails early, with the command to train it
-    out = _fresh_folder(Path(out), force)
+    out = fresh_folder(Path(out), force)
     start = time.perf_counter()
     work = out / "work"
     work.mkdir()
@@ -167,7 +168,7 @@ def _base_checkpoint(base: str | Path | None) -> Path:
     return BASE
 
 
-def _fresh_folder(out: Path, force: bool) -> Path:
+def fresh_folder(out: Path, force: bool) -> Path:
     if out.exists() and any(out.iterdir()) and not force:
         raise FlexcliError(f"output folder {out} is not empty", "pass --force to replace it or choose another --out")
     if out.exists() and force:

@@ -1,14 +1,18 @@
-"""Pre-train a class-conditional DiT from scratch: the built-in default base model (issue #7).
+"""Pre-train a base model from scratch: the built-in defaults' base models (issues #7 and #13).
 
-flexcli converts existing checkpoints; this job only exists so that the project can ship an honestly trained
-small base (pixel-space Fashion-MNIST, `DiT-FMNIST/4`):
+flexcli converts existing checkpoints; this job only exists so that the project can ship honestly trained small
+bases in pixel space on Fashion-MNIST: the class-conditional `DiT-FMNIST/4` (labels) and the text-to-image
+`PixArt-FMNIST/4` (captions encoded by all-MiniLM-L6-v2, `flexcli.builtin.captions`). One loop serves both; the
+model's family decides whether a batch is conditioned on labels or on captions.
 
     flexcli builtin train-base --recipe recipes/base/fashion_mnist_dit.yaml --out runs/base
+    flexcli builtin train-base --recipe recipes/base/fashion_mnist_pixart.yaml --out runs/base-t2i
 
-Objective: DiT's (MSE on eps + the VB term, learned sigma) with uniform timesteps, label dropout for
-classifier-free guidance, AdamW, linear warm-up then cosine decay, gradient clipping and a warmed-up EMA
-(`flexcli.train.state.EMA`). On the CPU in fp32 the same seed gives the same loss curve: every random draw comes
-from one seeded generator, and the model's own label dropout is off (eval mode; we drop labels ourselves).
+Objective: DiT's (MSE on eps + the VB term, learned sigma) with uniform timesteps, label (or caption) dropout for
+classifier-free guidance (a dropped caption becomes the learned null caption, trained here), AdamW, linear warm-up
+then cosine decay, gradient clipping and a warmed-up EMA (`flexcli.train.state.EMA`). On the CPU in fp32 the same
+seed gives the same loss curve: every random draw comes from one seeded generator, and the model's own label
+dropout is off (eval mode; we drop labels ourselves).
 
 Outputs in --out (written atomically, refreshed every `ckpt_every` steps, so an interrupted run is usable):
 `model.safetensors` (EMA weights, official DiT names, training metadata), `raw.safetensors` (raw weights),
@@ -29,12 +33,13 @@ import torch
 
 from flexcli import config
 from flexcli.version import __version__
-from flexcli.data import TensorData, load_training_data
+from flexcli.data import load_training_data
 from flexcli.diffusion.process import GaussianDiffusion
 from flexcli.errors import FlexcliError
 from flexcli.io.checkpoint import save_checkpoint
-from flexcli.models.configs import NAMED_CONFIGS, DiTConfig, named_config
+from flexcli.models.configs import NAMED_CONFIGS, named_config
 from flexcli.models.dit import DiT
+from flexcli.models.pixart_config import NAMED_CONFIGS as PIXART_CONFIGS, named_pixart_config
 from flexcli.train import objectives as obj
 from flexcli.train.logs import LossLog, plot_losses
 from flexcli.train.state import EMA, DataOrder, load_state, save_state, set_rng_state
@@ -45,10 +50,10 @@ EMA_NAME, RAW_NAME, STATE_NAME = "model.safetensors", "raw.safetensors", "state.
 
 @dataclass
 class PretrainConfig:
-    model: str = "DiT-FMNIST/4"  # a named config (flexcli.models.configs)
-    data: str = "fashion-mnist"  # see flexcli.data.load_training_data
+    model: str = "DiT-FMNIST/4"  # a named config (flexcli.models.configs, or pixart_config for text-to-image)
+    data: str = "fashion-mnist"  # see flexcli.data.load_training_data (text: fashion-mnist-captions)
     data_limit: int | None = None
-    label_dropout: float = 0.1  # classifier-free guidance training
+    label_dropout: float = 0.1  # classifier-free guidance training: label or caption dropout
     steps: int = 4000
     batch_size: int = 128
     lr: float = 1e-3
@@ -73,7 +78,8 @@ def _validate(cfg: PretrainConfig, where: str) -> None:
     def need(cond: bool, problem: str, fix: str) -> None:
         if not cond:
             raise FlexcliError(f"{where}: {problem}", fix)
-    need(cfg.model in NAMED_CONFIGS, f"unknown model '{cfg.model}'", f"choose one of: {', '.join(NAMED_CONFIGS)}")
+    need(cfg.model in NAMED_CONFIGS or cfg.model in PIXART_CONFIGS, f"unknown model '{cfg.model}'",
+         f"choose one of: {', '.join(NAMED_CONFIGS)}, {', '.join(PIXART_CONFIGS)}")
     need(cfg.steps >= 1 and cfg.batch_size >= 1, "steps and batch_size must be positive", "e.g. steps: 4000")
     need(cfg.lr > 0 and 0 <= cfg.min_lr_ratio <= 1, "lr must be positive, min_lr_ratio in [0, 1]", "e.g. lr: 1.0e-3")
     need(0 <= cfg.label_dropout < 1, "label_dropout must lie in [0, 1)", "e.g. label_dropout: 0.1")
@@ -129,9 +135,9 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, 
 @dataclass
 class _Run:
     """What one training run holds: model, data, optimizer, EMA, the generator of every draw, the step."""
-    model_cfg: DiTConfig
+    model_cfg: object  # DiTConfig or PixArtConfig
     model: torch.nn.Module
-    data: TensorData
+    data: object  # TensorData (labels) or flexcli.data.text_data.TextData (captions)
     params: dict[str, torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     ema: EMA
@@ -140,11 +146,30 @@ class _Run:
     step: int = 0
 
 
-def _setup(cfg: PretrainConfig, out_dir: Path, resume: bool) -> _Run:
+def _build(cfg: PretrainConfig, out_dir: Path):
+    """(model config, freshly initialised model in eval mode, training data) for `cfg.model`'s family."""
+    if cfg.model in PIXART_CONFIGS:
+        from flexcli.data.text_data import load_text_data
+        from flexcli.models.pixart import PixArt
+
+        model_cfg = named_pixart_config(cfg.model, class_dropout_prob=cfg.label_dropout)
+        torch.manual_seed(cfg.seed)
+        model = PixArt(model_cfg)
+        model.initialize_weights()
+        if model.y_embedding is not None:  # PixArt keeps it a frozen buffer; from scratch it is learned
+            null = model.y_embedding
+            del model._buffers["y_embedding"]
+            model.y_embedding = torch.nn.Parameter(null)
+        data = load_text_data(cfg.data, model, cache_dir=out_dir / "cache", limit=cfg.data_limit)
+        return model_cfg, model.eval(), data
     model_cfg = named_config(cfg.model, class_dropout_prob=cfg.label_dropout)
     data = load_training_data(cfg.data, model_cfg, limit=cfg.data_limit)
     torch.manual_seed(cfg.seed)
-    model = DiT(model_cfg).eval()  # eval: LabelEmbedder must not drop labels (we drop them with our generator)
+    return model_cfg, DiT(model_cfg).eval(), data  # eval: LabelEmbedder must not drop labels (we drop them)
+
+
+def _setup(cfg: PretrainConfig, out_dir: Path, resume: bool) -> _Run:
+    model_cfg, model, data = _build(cfg, out_dir)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     ema = EMA(params, cfg.ema_decay, cfg.ema_warmup)
@@ -170,7 +195,10 @@ def _train_step(run: _Run, cfg: PretrainConfig, diffusion) -> tuple[float, float
         group["lr"] = lr
     idx = run.order.take(cfg.batch_size)
     x0 = run.data.latents[idx]
-    y = obj.drop_labels(run.data.labels[idx], cfg.label_dropout, run.model_cfg.num_classes, run.gen)
+    if hasattr(run.data, "dropped"):  # captions: a dropped one becomes the learned null caption
+        y = run.data.dropped(idx, cfg.label_dropout, run.gen, run.model.learned_null_caption())
+    else:
+        y = obj.drop_labels(run.data.labels[idx], cfg.label_dropout, run.model_cfg.num_classes, run.gen)
     t = obj.sample_timesteps(cfg.batch_size, run.gen)
     noise = torch.randn(x0.shape, generator=run.gen)
     x_t = diffusion.q_sample(x0, t, noise)
@@ -191,7 +219,8 @@ def _pretrain(cfg: PretrainConfig, out_dir: Path, resume: bool, stop_after: int 
     log = LossLog(out_dir / CSV_NAME, resume_step=run.step if resume else None)
     diffusion = GaussianDiffusion()
     n_params = sum(t.numel() for t in run.params.values())
-    say(f"{cfg.model}: {n_params / 1e6:.2f}M parameters, {run.model_cfg.tokens()} tokens; {run.data.source}, "
+    tokens = (run.model_cfg.input_size // run.model_cfg.patch_size) ** 2
+    say(f"{cfg.model}: {n_params / 1e6:.2f}M parameters, {tokens} tokens; {run.data.source}, "
         f"{len(run.data)} images; steps {run.step}..{cfg.steps}, batch {cfg.batch_size}")
     losses: list[float] = []
     last_loss, times = float("nan"), []

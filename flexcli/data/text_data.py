@@ -16,6 +16,7 @@ for checkpoints without one, the encoded empty caption (from the shards, or enco
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class TextData:
     null_mask: torch.Tensor | None  # (L',)
     source: str
     encoder: dict | None = None  # the text encoder's identity, when captions were encoded here
+    index: torch.Tensor | None = None  # (N,) int64: image i has caption row index[i] (None: row i)
 
     def __len__(self) -> int:
         return int(self.latents.shape[0])
@@ -48,7 +50,16 @@ class TextData:
                 "caption_tokens": int(self.embeds.shape[1]), "text_encoder": self.encoder}
 
     def conditions(self, idx: torch.Tensor) -> TextCondition:
-        return TextCondition(self.embeds[idx], self.mask[idx])
+        rows = idx if self.index is None else self.index[idx]
+        return TextCondition(self.embeds[rows], self.mask[rows])
+
+    def head(self, limit: int) -> "TextData":
+        """The first `limit` images with their captions."""
+        if self.index is not None:
+            return dataclasses.replace(self, latents=self.latents[:limit], index=self.index[:limit],
+                                       source=self.source + f" (first {limit})")
+        return dataclasses.replace(self, latents=self.latents[:limit], embeds=self.embeds[:limit],
+                                   mask=self.mask[:limit], source=self.source + f" (first {limit})")
 
     def dropped(self, idx: torch.Tensor, prob: float, generator: torch.Generator,
                 learned: torch.Tensor | None) -> TextCondition:
@@ -185,12 +196,17 @@ def load_text_data(spec: str | Path, model, vae: str | Path | None = None, text_
     """Image + caption data for a text-conditional `model` (see the module docstring); shapes checked. Video
     models (Wan) take latent shards only, with (N, C, F, H, W) latents that every size in `patch_sizes` (default
     the model's) tiles (`flexcli.data.video`)."""
+    from flexcli import registry
+
     path = Path(spec)
+    name, _, variant = str(spec).partition(":")
     if vae is not None and not Path(vae).exists():
         raise FlexcliError(f"--vae {vae} not found", "pass a local diffusers AutoencoderKL folder")
-    if not path.exists():
-        raise FlexcliError(f"data {path} not found", f"pass {_FORMAT}")
-    if path.is_dir() and (path / "metadata.jsonl").exists():
+    if name in registry.TEXT_TRAINING_DATA:
+        data = registry.load(registry.TEXT_TRAINING_DATA[name])(model, variant or None, cache_dir)
+    elif not path.exists():
+        raise FlexcliError(f"data {path} not found", f"pass {_FORMAT} or one of: {', '.join(registry.TEXT_TRAINING_DATA)}")
+    elif path.is_dir() and (path / "metadata.jsonl").exists():
         if len(model.base_patch) == 3:
             raise FlexcliError(f"{path} is an image folder; video models distil on encoded clips",
                                "pass .safetensors shards with latents (N, C, F, H, W), prompt_embeds and masks")
@@ -201,8 +217,7 @@ def load_text_data(spec: str | Path, model, vae: str | Path | None = None, text_
             raise FlexcliError(f"{path} has no captions for a text-to-image model", f"pass {_FORMAT}")
         data = _shards(files, model, text_encoder, cache_dir)
     if limit is not None and limit > 0:
-        data = TextData(data.latents[:limit], data.embeds[:limit], data.mask[:limit], data.null_embeds,
-                        data.null_mask, data.source + f" (first {limit})", data.encoder)
+        data = data.head(limit)
     cfg = model.config
     if len(model.base_patch) == 3:
         from flexcli.data.video import check_video_latents

@@ -112,6 +112,28 @@ class PixArt(FlexModel):
             self.register_buffer("pos_table", pixart_pos_table(cfg), persistent=False)
         self.flex = None
 
+    def initialize_weights(self) -> None:
+        """PixArt-alpha's initialisation (`PixArt.initialize_weights`), for training from scratch (checkpoints
+        overwrite it): xavier linears with zero biases, N(0, 0.02) timestep / adaLN-single / caption MLPs, and the
+        cross-attention outputs and the final projection zeroed."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+        w = self.pos_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        nn.init.constant_(self.pos_embed.proj.bias, 0)
+        emb = self.adaln_single.emb.timestep_embedder
+        for lin in (emb.linear_1, emb.linear_2, self.adaln_single.linear, self.caption_projection.linear_1,
+                    self.caption_projection.linear_2):
+            nn.init.normal_(lin.weight, std=0.02)
+        for block in self.transformer_blocks:
+            nn.init.constant_(block.attn2.to_out[0].weight, 0)
+            nn.init.constant_(block.attn2.to_out[0].bias, 0)
+        nn.init.constant_(self.proj_out.weight, 0)
+        nn.init.constant_(self.proj_out.bias, 0)
+
     # -- the family's parts (flexcli.flex.core.FlexModel) ---------------------------------------------------
     @property
     def base_patch(self) -> tuple[int, int]:

@@ -179,6 +179,13 @@ NAMED_CONFIGS: dict[str, PixArtConfig] = {
                                   num_layers=2, sample_size=16, patch_size=2, caption_channels=384,
                                   cross_attention_dim=32, interpolation_scale=1.0, use_additional_conditions=False,
                                   model_max_length=16),
+    # the text-to-image built-in default (issue #13): pixel-space Fashion-MNIST, 32x32x1 with patch 4 (64 tokens) as
+    # DiT-FMNIST/4, depth 6, width 128 (4 x 32 heads), learned sigma, MiniLM's 384-d captions of 16 tokens, learned
+    # null caption
+    "PixArt-FMNIST/4": PixArtConfig(num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=2,
+                                    num_layers=6, sample_size=32, patch_size=4, caption_channels=384,
+                                    cross_attention_dim=128, interpolation_scale=1.0, use_additional_conditions=False,
+                                    model_max_length=16, null_caption=True),
 }
 
 

@@ -12,7 +12,7 @@ from flexcli.console import err, result, user_errors
 def check_base(
     checkpoint: Path = typer.Argument(..., help="The base checkpoint, e.g. runs/base/model.safetensors."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for check.json and grid.png."),
-    num_samples: int = typer.Option(200, help="Samples (labels cycle 0..9, seeds 0..N-1)."),
+    num_samples: int = typer.Option(200, help="Samples (sample i asks for class i mod 10, by label or by a held-out caption; seeds 0..N-1)."),
     steps: int = typer.Option(100, help="DDPM steps."),
     cfg_scale: float = typer.Option(4.0, help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, help="First seed."),

@@ -1,4 +1,4 @@
-"""`flexcli builtin train-base`: pre-train the built-in default's base DiT (DiT-FMNIST/4) from a recipe."""
+"""`flexcli builtin train-base`: pre-train a built-in default's base (DiT-FMNIST/4 or PixArt-FMNIST/4) from a recipe."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from flexcli.console import log, result, user_errors
 
 
 def train_base(
-    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML recipe, e.g. recipes/base/fashion_mnist_dit.yaml."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML recipe, e.g. recipes/base/fashion_mnist_dit.yaml (or _pixart.yaml: text-to-image)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (model.safetensors, losses, config.yaml, state.pt)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its state.pt."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps in total."),
@@ -19,7 +19,8 @@ def train_base(
     threads: Optional[int] = typer.Option(None, help="CPU threads (the same seed and thread count give the same curve)."),
     data_limit: Optional[int] = typer.Option(None, help="Use only the first N training images."),
 ) -> None:
-    """Train DiT-FMNIST/4 from scratch on Fashion-MNIST (DiT's objective); prints the EMA checkpoint's path."""
+    """Train DiT-FMNIST/4 (labels) or PixArt-FMNIST/4 (captions) from scratch on Fashion-MNIST; prints the EMA
+    checkpoint's path."""
     with user_errors():
         from flexcli.builtin.train_base import EMA_NAME, pretrain, resolve
 
