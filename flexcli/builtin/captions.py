@@ -89,7 +89,8 @@ def encode_cached(prompts: list[str], max_length: int, cache_dir=None):
 
     key = (max_length, tuple(prompts))
     if key not in _ENCODED:
-        _ENCODED.clear()  # one set of captions at a time is all the jobs need
+        if len(_ENCODED) >= 4:  # a few sets of captions at a time (a table and the empty caption) is all jobs need
+            _ENCODED.clear()
         _ENCODED[key] = _encode(_minilm(max_length), prompts, cache_dir)
     return _ENCODED[key]
 

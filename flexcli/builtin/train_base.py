@@ -1,18 +1,23 @@
-"""Pre-train a base model from scratch: the built-in defaults' base models (issues #7 and #13).
+"""Pre-train a base model from scratch: the built-in defaults' base models (issues #7, #13 and #15).
 
 flexcli converts existing checkpoints; this job only exists so that the project can ship honestly trained small
-bases in pixel space on Fashion-MNIST: the class-conditional `DiT-FMNIST/4` (labels) and the text-to-image
-`PixArt-FMNIST/4` (captions encoded by all-MiniLM-L6-v2, `flexcli.builtin.captions`). One loop serves both; the
-model's family decides whether a batch is conditioned on labels or on captions.
+bases in pixel space on Fashion-MNIST: the class-conditional `DiT-FMNIST/4` (labels), the text-to-image
+`PixArt-FMNIST/4` (captions encoded by all-MiniLM-L6-v2, `flexcli.builtin.captions`) and the text-to-video
+`Wan-FMNIST` (the same captions, on moving Fashion-MNIST clips, `flexcli.builtin.moving_fmnist`). One loop serves
+all three; the model's family decides whether a batch is conditioned on labels or on captions, and whether the
+objective is DiT's diffusion or flow matching.
 
     flexcli builtin train-base --recipe recipes/base/fashion_mnist_dit.yaml --out runs/base
     flexcli builtin train-base --recipe recipes/base/fashion_mnist_pixart.yaml --out runs/base-t2i
+    flexcli builtin train-base --recipe recipes/base/moving_fmnist_wan.yaml --out runs/base-video
 
-Objective: DiT's (MSE on eps + the VB term, learned sigma) with uniform timesteps, label (or caption) dropout for
-classifier-free guidance (a dropped caption becomes the learned null caption, trained here), AdamW, linear warm-up
-then cosine decay, gradient clipping and a warmed-up EMA (`flexcli.train.state.EMA`). On the CPU in fp32 the same
-seed gives the same loss curve: every random draw comes from one seeded generator, and the model's own label
-dropout is off (eval mode; we drop labels ourselves).
+Objective: DiT's (MSE on eps + the VB term, learned sigma) with uniform timesteps for DiT and PixArt; for Wan,
+flow matching: x_sigma = (1 - sigma) x0 + sigma noise, the model sees t = 1000 sigma and predicts the velocity
+noise - x0 (MSE), sigma drawn as `flexcli.train.flow.sample_sigmas` with the recipe's `flow_shift`. Label (or
+caption) dropout for classifier-free guidance (a dropped caption becomes the learned null caption, trained here,
+or for Wan the encoded empty caption), AdamW, linear warm-up then cosine decay, gradient clipping and a warmed-up
+EMA (`flexcli.train.state.EMA`). On the CPU in fp32 the same seed gives the same loss curve: every random draw
+comes from one seeded generator, and the model's own label dropout is off (eval mode; we drop labels ourselves).
 
 Outputs in --out (written atomically, refreshed every `ckpt_every` steps, so an interrupted run is usable):
 `model.safetensors` (EMA weights, official DiT names, training metadata), `raw.safetensors` (raw weights),
@@ -40,6 +45,7 @@ from flexcli.io.checkpoint import save_checkpoint
 from flexcli.models.configs import NAMED_CONFIGS, named_config
 from flexcli.models.dit import DiT
 from flexcli.models.pixart_config import NAMED_CONFIGS as PIXART_CONFIGS, named_pixart_config
+from flexcli.models.wan_config import NAMED_CONFIGS as WAN_CONFIGS, named_wan_config
 from flexcli.train import objectives as obj
 from flexcli.train.logs import LossLog, plot_losses
 from flexcli.train.state import EMA, DataOrder, load_state, save_state, set_rng_state
@@ -50,10 +56,11 @@ EMA_NAME, RAW_NAME, STATE_NAME = "model.safetensors", "raw.safetensors", "state.
 
 @dataclass
 class PretrainConfig:
-    model: str = "DiT-FMNIST/4"  # a named config (flexcli.models.configs, or pixart_config for text-to-image)
-    data: str = "fashion-mnist"  # see flexcli.data.load_training_data (text: fashion-mnist-captions)
+    model: str = "DiT-FMNIST/4"  # a named config (flexcli.models.configs; pixart_config, wan_config for text)
+    data: str = "fashion-mnist"  # flexcli.data.load_training_data (text: fashion-mnist-captions, moving-fashion-mnist)
     data_limit: int | None = None
     label_dropout: float = 0.1  # classifier-free guidance training: label or caption dropout
+    flow_shift: float = 1.0  # flow matching (Wan) only: sigma = s u / (1 + (s - 1) u), u uniform; 1 = uniform
     steps: int = 4000
     batch_size: int = 128
     lr: float = 1e-3
@@ -78,8 +85,9 @@ def _validate(cfg: PretrainConfig, where: str) -> None:
     def need(cond: bool, problem: str, fix: str) -> None:
         if not cond:
             raise FlexcliError(f"{where}: {problem}", fix)
-    need(cfg.model in NAMED_CONFIGS or cfg.model in PIXART_CONFIGS, f"unknown model '{cfg.model}'",
-         f"choose one of: {', '.join(NAMED_CONFIGS)}, {', '.join(PIXART_CONFIGS)}")
+    need(cfg.model in {**NAMED_CONFIGS, **PIXART_CONFIGS, **WAN_CONFIGS}, f"unknown model '{cfg.model}'",
+         f"choose one of: {', '.join(NAMED_CONFIGS)}, {', '.join(PIXART_CONFIGS)}, {', '.join(WAN_CONFIGS)}")
+    need(cfg.flow_shift > 0, "flow_shift must be positive", "e.g. flow_shift: 1.0")
     need(cfg.steps >= 1 and cfg.batch_size >= 1, "steps and batch_size must be positive", "e.g. steps: 4000")
     need(cfg.lr > 0 and 0 <= cfg.min_lr_ratio <= 1, "lr must be positive, min_lr_ratio in [0, 1]", "e.g. lr: 1.0e-3")
     need(0 <= cfg.label_dropout < 1, "label_dropout must lie in [0, 1)", "e.g. label_dropout: 0.1")
@@ -135,7 +143,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, 
 @dataclass
 class _Run:
     """What one training run holds: model, data, optimizer, EMA, the generator of every draw, the step."""
-    model_cfg: object  # DiTConfig or PixArtConfig
+    model_cfg: object  # DiTConfig, PixArtConfig or WanConfig
     model: torch.nn.Module
     data: object  # TensorData (labels) or flexcli.data.text_data.TextData (captions)
     params: dict[str, torch.nn.Parameter]
@@ -148,18 +156,26 @@ class _Run:
 
 def _build(cfg: PretrainConfig, out_dir: Path):
     """(model config, freshly initialised model in eval mode, training data) for `cfg.model`'s family."""
-    if cfg.model in PIXART_CONFIGS:
+    if cfg.model in PIXART_CONFIGS or cfg.model in WAN_CONFIGS:
         from flexcli.data.text_data import load_text_data
-        from flexcli.models.pixart import PixArt
 
-        model_cfg = named_pixart_config(cfg.model, class_dropout_prob=cfg.label_dropout)
         torch.manual_seed(cfg.seed)
-        model = PixArt(model_cfg)
-        model.initialize_weights()
-        if model.y_embedding is not None:  # PixArt keeps it a frozen buffer; from scratch it is learned
-            null = model.y_embedding
-            del model._buffers["y_embedding"]
-            model.y_embedding = torch.nn.Parameter(null)
+        if cfg.model in WAN_CONFIGS:
+            from flexcli.models.wan import Wan
+
+            model_cfg = named_wan_config(cfg.model)
+            model = Wan(model_cfg)
+            model.initialize_weights()
+        else:
+            from flexcli.models.pixart import PixArt
+
+            model_cfg = named_pixart_config(cfg.model, class_dropout_prob=cfg.label_dropout)
+            model = PixArt(model_cfg)
+            model.initialize_weights()
+            if model.y_embedding is not None:  # PixArt keeps it a frozen buffer; from scratch it is learned
+                null = model.y_embedding
+                del model._buffers["y_embedding"]
+                model.y_embedding = torch.nn.Parameter(null)
         data = load_text_data(cfg.data, model, cache_dir=out_dir / "cache", limit=cfg.data_limit)
         return model_cfg, model.eval(), data
     model_cfg = named_config(cfg.model, class_dropout_prob=cfg.label_dropout)
@@ -199,11 +215,7 @@ def _train_step(run: _Run, cfg: PretrainConfig, diffusion) -> tuple[float, float
         y = run.data.dropped(idx, cfg.label_dropout, run.gen, run.model.learned_null_caption())
     else:
         y = obj.drop_labels(run.data.labels[idx], cfg.label_dropout, run.model_cfg.num_classes, run.gen)
-    t = obj.sample_timesteps(cfg.batch_size, run.gen)
-    noise = torch.randn(x0.shape, generator=run.gen)
-    x_t = diffusion.q_sample(x0, t, noise)
-    out = run.model(x_t, t, y)
-    loss = diffusion.training_losses(out, x0, t, noise, x_t=x_t, learn_sigma=run.model_cfg.learn_sigma)["loss"].mean()
+    loss = _loss(run, cfg, diffusion, x0, y)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(run.params.values(), cfg.grad_clip if cfg.grad_clip else float("inf"))
@@ -213,15 +225,46 @@ def _train_step(run: _Run, cfg: PretrainConfig, diffusion) -> tuple[float, float
     return float(loss.detach()), lr, float(gn)
 
 
+def _loss(run: _Run, cfg: PretrainConfig, diffusion, x0: torch.Tensor, y) -> torch.Tensor:
+    """The batch's mean loss: DiT's (MSE + VB) at uniform timesteps, or flow matching's velocity MSE (Wan)."""
+    if _is_flow(run.model):
+        from flexcli.diffusion.process import mean_flat
+        from flexcli.train.flow import noised, sample_sigmas
+
+        sigma = sample_sigmas(cfg.batch_size, run.gen, "uniform", shift=cfg.flow_shift)
+        noise = torch.randn(x0.shape, generator=run.gen)
+        out = run.model(noised(x0, sigma, noise), 1000.0 * sigma, y)
+        return mean_flat((out.float() - (noise - x0)) ** 2).mean()
+    t = obj.sample_timesteps(cfg.batch_size, run.gen)
+    noise = torch.randn(x0.shape, generator=run.gen)
+    x_t = diffusion.q_sample(x0, t, noise)
+    out = run.model(x_t, t, y)
+    return diffusion.training_losses(out, x0, t, noise, x_t=x_t, learn_sigma=run.model_cfg.learn_sigma)["loss"].mean()
+
+
+def _is_flow(model) -> bool:
+    from flexcli.families import family
+
+    return family(model.family).process == "flow"
+
+
+def _tokens(run: _Run) -> int:
+    """Tokens per example at the pretrained patch size."""
+    if len(run.model.base_patch) == 3:
+        return run.model_cfg.tokens(tuple(run.data.latents.shape[2:]))
+    return (run.model_cfg.input_size // run.model_cfg.patch_size) ** 2
+
+
 def _pretrain(cfg: PretrainConfig, out_dir: Path, resume: bool, stop_after: int | None, say) -> PretrainResult:
     run = _setup(cfg, out_dir, resume)
     save_config(cfg, out_dir / CONFIG_NAME)
     log = LossLog(out_dir / CSV_NAME, resume_step=run.step if resume else None)
     diffusion = GaussianDiffusion()
     n_params = sum(t.numel() for t in run.params.values())
-    tokens = (run.model_cfg.input_size // run.model_cfg.patch_size) ** 2
-    say(f"{cfg.model}: {n_params / 1e6:.2f}M parameters, {tokens} tokens; {run.data.source}, "
-        f"{len(run.data)} images; steps {run.step}..{cfg.steps}, batch {cfg.batch_size}")
+    say(f"{cfg.model}: {n_params / 1e6:.2f}M parameters, {_tokens(run)} tokens; {run.data.source}, "
+        f"{len(run.data)} {'clips' if len(run.model.base_patch) == 3 else 'images'}; "
+        f"steps {run.step}..{cfg.steps}, batch {cfg.batch_size}")
+    patch = "x".join(map(str, run.model.base_patch)) if len(run.model.base_patch) == 3 else run.model_cfg.patch_size
     losses: list[float] = []
     last_loss, times = float("nan"), []
 
@@ -239,7 +282,7 @@ def _pretrain(cfg: PretrainConfig, out_dir: Path, resume: bool, stop_after: int 
                 raise FlexcliError(f"the loss became {last_loss} at step {run.step}", "lower lr or set grad_clip")
             losses.append(last_loss)
             times.append(time.perf_counter() - t0)
-            log.append(run.step, last_loss, run.model_cfg.patch_size, lr, gn, times[-1])
+            log.append(run.step, last_loss, patch, lr, gn, times[-1])
             if run.step % cfg.log_every == 0 or run.step == cfg.steps:
                 recent = losses[-cfg.log_every:]
                 say(f"step {run.step}/{cfg.steps}  loss {sum(recent) / len(recent):.4f}  lr {lr:.2e}  "
@@ -253,7 +296,8 @@ def _pretrain(cfg: PretrainConfig, out_dir: Path, resume: bool, stop_after: int 
 
 
 def _save_weights(model, ema, cfg, data, out_dir: Path, step: int, last_loss: float, final: bool) -> None:
-    training = {"kind": "pre-training (DiT objective: MSE + VB, learned sigma)", "recipe": cfg.recipe,
+    kind = ("flow matching: velocity MSE" if _is_flow(model) else "DiT objective: MSE + VB, learned sigma")
+    training = {"kind": f"pre-training ({kind})", "recipe": cfg.recipe,
                 "config": cfg.to_dict(), "steps": step, "complete": bool(final), "data": data.describe(),
                 "final_loss": last_loss, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "flexcli_version": __version__}

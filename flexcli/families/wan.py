@@ -12,6 +12,7 @@ from flexcli.models.wan_config import WanConfig
 
 # The latent `flexcli info` and `forward_cost` use when none is given: 480x832 at 77 frames (20 latent frames),
 # the 480p clip nearest Wan's default 81 frames that every FlexiDiT video size ((1,2,2), (2,2,2), (1,4,4)) tiles.
+# A config's own `latent_size` (the built-in pixel-space Wan-FMNIST: (8, 32, 32)) replaces it.
 DEFAULT_LATENT = (20, 60, 104)
 
 
@@ -67,7 +68,7 @@ COST = FamilyCost(
     lora_dims=lambda c: [(c.hidden_size, c.hidden_size)] * 4 + [(c.hidden_size, c.ffn_dim), (c.ffn_dim, c.hidden_size)],
     attention=_attention,
     io_dims=lambda c: (c.hidden_size, c.in_channels, c.out_channels),
-    spatial=lambda c: DEFAULT_LATENT,
+    spatial=lambda c: c.latent_size or DEFAULT_LATENT,
     lora_macs=_lora_macs,
     packed_cross_attention=_cross)
 

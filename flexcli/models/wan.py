@@ -186,6 +186,22 @@ class Wan(FlexModel):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, D) / D**0.5)
         self.flex = None
 
+    def initialize_weights(self) -> None:
+        """Wan 2.1's initialisation (`WanModel.init_weights`), for training from scratch (checkpoints overwrite
+        it): xavier linears with zero biases, xavier patch embedding, N(0, 0.02) time and text embedders, and the
+        output projection's weight zeroed. The modulation tables keep their randn / sqrt(D) start."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.data.flatten(1))
+        for embedder in (self.condition_embedder.time_embedder, self.condition_embedder.text_embedder):
+            for module in embedder.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=0.02)
+        nn.init.zeros_(self.proj_out.weight)
+
     # -- the family's parts (flexcli.flex.core.FlexModel) ---------------------------------------------------
     @property
     def base_patch(self) -> tuple[int, int, int]:

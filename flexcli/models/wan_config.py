@@ -33,9 +33,14 @@ class WanConfig:
     eps: float = WAN_EPS
     rope_max_seq_len: int = WAN_ROPE_MAX_SEQ_LEN
     text_len: int = WAN_TEXT_LEN  # text tokens the cross-attention sees (original config.json "text_len")
+    # the (F, H, W) latent the model is made for, where it is not Wan 2.1's 480p (the built-in pixel-space model);
+    # None: `flexcli.families.wan.DEFAULT_LATENT`. Not a diffusers field (like text_len).
+    latent_size: tuple | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if self.latent_size is not None:
+            object.__setattr__(self, "latent_size", tuple(int(s) for s in self.latent_size))
 
     # -- names the flex core and the compute model use ----------------------------------------------------
     @property
@@ -58,11 +63,12 @@ class WanConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["patch_size"] = list(self.patch_size)
+        d["latent_size"] = list(self.latent_size) if self.latent_size is not None else None
         return d
 
     def diffusers_config(self) -> dict:
         """The `WanTransformer3DModel` config (text-to-video: no image conditioning)."""
-        d = {k: v for k, v in self.to_dict().items() if k != "text_len"}
+        d = {k: v for k, v in self.to_dict().items() if k not in ("text_len", "latent_size")}
         return {**d, "image_dim": None, "added_kv_proj_dim": None, "pos_embed_seq_len": None}
 
     @classmethod
@@ -75,6 +81,14 @@ NAMED_CONFIGS: dict[str, WanConfig] = {
     "Wan2.1-T2V-1.3B": WanConfig(),
     "Wan2.1-T2V-14B": WanConfig(num_attention_heads=40, ffn_dim=13824, num_layers=40),
     # Tiny sizes for tests and the CPU: not released.
+    # The built-in video default (issue #15): pixel-space moving Fashion-MNIST (1 x 8 x 32 x 32), patch 1x4x4 =
+    # 512 tokens, width 128 (4 heads x 32), 6 layers, 384-d MiniLM captions of 16 tokens. Trained from scratch.
+    "Wan-FMNIST": WanConfig(patch_size=(1, 4, 4), num_attention_heads=4, attention_head_dim=32, in_channels=1,
+                            out_channels=1, text_dim=384, freq_dim=256, ffn_dim=512, num_layers=6, text_len=16,
+                            latent_size=(8, 32, 32)),
+    "Wan-FMNIST-Tiny": WanConfig(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12, in_channels=1,
+                                 out_channels=1, text_dim=384, freq_dim=16, ffn_dim=32, num_layers=1, text_len=16,
+                                 latent_size=(8, 32, 32)),
     "Wan-Tiny": WanConfig(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
                           freq_dim=8, ffn_dim=32, num_layers=2, text_len=8),
 }

@@ -1,4 +1,4 @@
-"""`flexcli builtin train-base`: pre-train a built-in default's base (DiT-FMNIST/4 or PixArt-FMNIST/4) from a recipe."""
+"""`flexcli builtin train-base`: pre-train a built-in default's base model (DiT-, PixArt- or Wan-FMNIST) from a recipe."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +17,9 @@ def train_base(
     batch_size: Optional[int] = typer.Option(None, help="Batch size."),
     seed: Optional[int] = typer.Option(None, help="Seed of every random draw."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (the same seed and thread count give the same curve)."),
-    data_limit: Optional[int] = typer.Option(None, help="Use only the first N training images."),
+    data_limit: Optional[int] = typer.Option(None, help="Use only the first N training images (or clips)."),
 ) -> None:
-    """Train DiT-FMNIST/4 (labels) or PixArt-FMNIST/4 (captions) from scratch on Fashion-MNIST; prints the EMA
-    checkpoint's path."""
+    """Train a built-in base from scratch (DiT/PixArt: DiT's objective; Wan: flow matching); prints the EMA checkpoint's path."""
     with user_errors():
         from flexcli.builtin.train_base import EMA_NAME, pretrain, resolve
 
