@@ -72,8 +72,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask)
     return out.transpose(1, 2).flatten(2, 3).type_as(q)
 
 
-class SelfAttention(nn.Module):
-    """attn1: q/k/v/out are LoRA targets; RMSNorm across heads on q and k, then the rotary embedding."""
+class _Attention(nn.Module):
+    """Wan's attention projections under diffusers' names: q/k/v/out, RMSNorm across heads on q and k."""
 
     def __init__(self, dim: int, heads: int, eps: float):
         super().__init__()
@@ -82,6 +82,10 @@ class SelfAttention(nn.Module):
         self.to_out = nn.ModuleList([Linear(dim, dim), nn.Dropout(0.0)])
         self.norm_q = nn.RMSNorm(dim, eps=eps, elementwise_affine=True)
         self.norm_k = nn.RMSNorm(dim, eps=eps, elementwise_affine=True)
+
+
+class SelfAttention(_Attention):
+    """attn1: q/k/v/out are LoRA targets; RMSNorm on q and k, then the rotary embedding."""
 
     def forward(self, x: torch.Tensor, rotary: tuple, spans: Spans) -> torch.Tensor:
         q = self.norm_q(self.to_q(x, spans)).unflatten(2, (self.heads, -1))
@@ -91,17 +95,9 @@ class SelfAttention(nn.Module):
         return self.to_out[0](_attend(q, k, v, self.heads, spans.mask(x.device)), spans)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Attention):
     """attn2: queries from the video tokens, keys and values from the embedded text (its own spans: one run of
     text per run of video tokens). Frozen without LoRA by default (paper Fig. 5); `--lora-cross-attn` opts in."""
-
-    def __init__(self, dim: int, heads: int, eps: float):
-        super().__init__()
-        self.heads = heads
-        self.to_q, self.to_k, self.to_v = Linear(dim, dim), Linear(dim, dim), Linear(dim, dim)
-        self.to_out = nn.ModuleList([Linear(dim, dim), nn.Dropout(0.0)])
-        self.norm_q = nn.RMSNorm(dim, eps=eps, elementwise_affine=True)
-        self.norm_k = nn.RMSNorm(dim, eps=eps, elementwise_affine=True)
 
     def forward(self, x: torch.Tensor, spans: Spans, text: torch.Tensor, text_spans: Spans,
                 mask: torch.Tensor | None) -> torch.Tensor:
