@@ -300,7 +300,8 @@ def sample_batch(model, latent_shape, batch: int, guided: bool, dev, bytes_per_v
 def sample_settings(cfg) -> None:
     """`flexcli sample`'s numbers and device, before any model is read."""
     seed("--seed", cfg.seed, max(1, cfg.num_samples))
-    for flag, value in (("--cfg-scale", cfg.cfg_scale), ("--cfg-scale-weak", cfg.cfg_scale_weak)):
+    for flag, value in (("--cfg-scale", cfg.cfg_scale), ("--cfg-scale-weak", cfg.cfg_scale_weak),
+                        ("--cfg-scale-all-weak", cfg.cfg_scale_all_weak)):
         number(flag, value, 0, 100, fix=f"pass {flag} between 0 and 100 (1 disables guidance; DiT uses 1.5 to 4)")
     integer("--guided-channels", cfg.guided_channels, 1, fix="pass 1 or more, or leave it out to guide every channel")
     device(cfg.device)

@@ -127,3 +127,44 @@ def test_fewer_steps_own_loop_equals_the_library(flex_base, monkeypatch, capsys)
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == ["1.0000", "0.5850", "0.6000", "0.4868"]
     assert not flex_base.with_suffix(".csv").exists()
+
+
+def test_library_all_weak_scale_samples_the_scripts_s0_cells(flex_base, monkeypatch):
+    """flexcli sample's `cfg_scale_all_weak` (s0) gives the script's own s0 loop bit for bit, and s0 does change
+    the samples."""
+    import dataclasses
+
+    from flexcli.api import load_model
+    from flexcli.sampling import make_plan, sample_latents
+
+    fs = _load("fewer_steps", monkeypatch)
+    model = load_model(flex_base, merge_lora=True).eval()
+    c = _cell(fs, model, "ckpt=a;solver=ddpm;steps=4;sched=2/1;guid=weak;s1=4;s0=6", 2)
+    cfg = fs.sample_config(c, 2, 2)
+    own = fs.own_latents(model, cfg, make_plan(cfg, model), c["guid"], c["_s0"], fs.weak_of(model))
+    lib = dataclasses.replace(cfg, cfg_scale_all_weak=6.0)
+    assert torch.equal(own, sample_latents(model, lib, make_plan(lib, model), [0, 1], "cpu"))
+    assert not torch.equal(own, sample_latents(model, cfg, make_plan(cfg, model), [0, 1], "cpu"))
+
+
+def test_fewer_steps_report_verdicts(monkeypatch):
+    """The per-budget verdict: FID-best fewer-steps cell, the best flex cell within 2 accuracy points of it, the
+    5 % FID target, and the most accurate fewer-steps cell beside them."""
+    import pandas as pd
+
+    rep = _load("fewer_steps_report", monkeypatch)
+    rows = []
+    for seed in (0, 1):
+        for solver, steps, sched, guid, s1, s0, compute, fid, acc in (
+                ("dpm++2m", 22, "22/22", "cfg", "2.5", "", 0.44, 141.0, 0.70),   # FID-best fewer steps
+                ("dpm++2m", 22, "22/22", "cfg", "3.5", "", 0.44, 142.0, 0.77),   # most accurate fewer steps
+                ("ddpm", 38, "22/11", "weak", "5", "6", 0.4355, 105.0, 0.69),   # flex, within 2 points of 0.70
+                ("ddpm", 40, "24/12", "weak", "5", "6", 0.468, 90.0, 0.75)):    # over the budget
+            rows.append(dict(ckpt="d", solver=solver, steps=steps, sched=sched, guid=guid, s1=s1, s2="", s0=s0,
+                             seed=seed, num_samples=2000, compute=compute, fid=fid + seed, class_accuracy=acc,
+                             precision=0.6, recall=0.5, ref_images=10000))
+    lines, table = rep.verdicts(pd.DataFrame(rows), [0.45])
+    text = "\n".join(lines)
+    assert "45 % compute: target REACHED" in text and "FID +25.4 % lower" in text and "accuracy -1.0 points" in text
+    assert "most accurate fewer-steps cell: 22 dpm++2m steps (cfg s1 3.5" in text and "FID is +26.0 % lower and its accuracy -8.0 points" in text
+    assert [t["kind"] for t in table] == ["fewer steps", "flex"] and table[1]["r"].steps == 38

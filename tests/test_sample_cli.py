@@ -127,7 +127,8 @@ def _tiny_vae(folder: Path) -> Path:
 def test_outputs_with_vae_run_json_and_recipe(ckpts, tmp_path):
     vae = _tiny_vae(tmp_path / "vae")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("steps: 4\nschedule: 2/1\ncfg_scale: 3.0\nclass_labels: [4]\nnum_samples: 2\n")
+    recipe.write_text("steps: 4\nschedule: 2/1\ncfg_scale: 3.0\ncfg_scale_all_weak: 5.0\nclass_labels: [4]\n"
+                      "num_samples: 2\n")
     out = tmp_path / "out"
     res = _ok([str(ckpts[1]), "--out", str(out), "--recipe", str(recipe), "--vae", str(vae), "--cfg-scale", "2.0",
                "--packing", "packed"])
@@ -143,6 +144,7 @@ def test_outputs_with_vae_run_json_and_recipe(ckpts, tmp_path):
     assert [s["p_uncond"] for s in run["steps"]] == [4, 4, 4, 2]
     assert [s["guide_label"] for s in run["steps"]] == ["null", "null", "cond", "null"]
     assert run["guidance"]["s_cfg2"] == pytest.approx(1 - (1 - 2.0) / 2.5)
+    assert run["guidance"]["s_cfg0"] == c["cfg_scale_all_weak"] == 5.0  # the recipe's, beside the flag's s1
     f = run["flops"]
     assert f["total"] == sum(s["flops"] for s in run["steps"]) and 0 < f["compute_fraction"] < 1
     assert f["packing_options_total"]["packed_dense"] > f["packing_options_total"]["separate"] == \

@@ -30,6 +30,10 @@ def test_recipe_loads_and_validates(path):
     if path.name.startswith("dit_xl2_256") and m:  # the name states the paper's compute percentage
         frac = compute_fraction(s, step_cost_fn(named_config("DiT-XL/2"), shared=True), 2)
         assert round(100 * frac) == int(m.group(1))
+    if path.name.startswith("fashion_mnist") and m:  # the built-in default (patch 4, weak 8, LoRAs merged), the
+        s = parse_schedule(cfg.schedule, cfg.steps, 4, 8)  # percentage of 50 all-powerful steps
+        frac = compute_fraction(s, step_cost_fn(named_config("DiT-FMNIST/4")), 4) * cfg.steps / 50
+        assert round(100 * frac) == int(m.group(1)) and cfg.merge_lora
 
 
 def test_precedence(tmp_path):

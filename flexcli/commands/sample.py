@@ -32,6 +32,7 @@ def sample(
     eta: Optional[float] = typer.Option(None, help="DDIM eta (default: 0)."),
     cfg_scale: Optional[float] = typer.Option(None, help="Guidance scale s_cfg1; 1 disables guidance (default: 4.0)."),
     cfg_scale_weak: Optional[float] = typer.Option(None, help="Weak-guidance scale s_cfg2 (default: from (1 - s1) / (1 - s2) = 2.5)."),
+    cfg_scale_all_weak: Optional[float] = typer.Option(None, help="Guidance scale s_cfg0 of the steps where both branches run a weak patch size (default: s_cfg1)."),
     guidance: Optional[str] = typer.Option(None, metavar="<weak|cfg>", help="weak (paper §3.4) or cfg (null label at p_uncond) (default: weak)."),
     guided_channels: Optional[int] = typer.Option(None, help="Guide only the first N eps channels (3: DiT's FIDs) (default: all)."),
     class_labels: Optional[str] = typer.Option(None, help="Comma-separated labels, cycled (default: drawn from --seed)."),
@@ -67,7 +68,8 @@ def sample(
 
         cli = dict(checkpoint=str(checkpoint), out=str(out), num_samples=num_samples, steps=steps, solver=solver,
                    flow_shift=flow_shift, frames=frames, height=height, width=width,
-                   eta=eta, cfg_scale=cfg_scale, cfg_scale_weak=cfg_scale_weak, guidance=guidance,
+                   eta=eta, cfg_scale=cfg_scale, cfg_scale_weak=cfg_scale_weak,
+                   cfg_scale_all_weak=cfg_scale_all_weak, guidance=guidance,
                    guided_channels=guided_channels, class_labels=_labels(class_labels), seed=seed,
                    prompts=prompt or None, prompts_file=str(prompts_file) if prompts_file else None,
                    text_encoder=text_encoder, pipeline=str(pipeline) if pipeline else None,

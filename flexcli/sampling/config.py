@@ -34,6 +34,7 @@ class SampleConfig:
     eta: float = 0.0  # DDIM only
     cfg_scale: float = 4.0  # s_cfg1; 1 disables guidance
     cfg_scale_weak: float | None = None  # s_cfg2; default from (1 - s1) / (1 - s2) = 2.5
+    cfg_scale_all_weak: float | None = None  # s_cfg0: CFG of the steps where both branches are weak; default s1
     guidance: str = "weak"  # weak (paper §3.4) or cfg
     guided_channels: int | None = None  # None: all eps channels; 3: DiT's released-FID variant
     class_labels: list[int] | None = None  # cycled over samples; None: drawn from the seed

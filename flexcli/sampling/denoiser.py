@@ -49,7 +49,7 @@ def make_denoiser(model, cfg: SampleConfig, plan: Plan, y, null) -> Callable:
             cond, guide = forward_packed(model, [(x, tt, y, pc), (x, tt, yg, pu)])
         else:
             cond, guide = model(x, tt, y, patch_size=pc), model(x, tt, yg, patch_size=pu)
-        scale = G.step_scale(pc, pu, plan.s1, plan.s2, cfg.guidance)
+        scale = G.step_scale(pc, pu, plan.s1, plan.s2, cfg.guidance, plan.s0, model.patch_sizes[0])
         return G.combine(cond, guide, scale, c, cfg.guided_channels)
     return denoise
 

@@ -55,6 +55,7 @@ def run_record(cfg: SampleConfig, model, plan: Plan, wall: float, device, world:
         "solver": {"name": plan.solver, **({"flow_shift": plan.flow_shift} if plan.flow_shift is not None else {})},
         "latent_shape": list(plan.latent_shape),
         "guidance": {"enabled": plan.guided, "mode": cfg.guidance, "s_cfg1": plan.s1, "s_cfg2": plan.s2,
+                     "s_cfg0": plan.s1 if plan.s0 is None else plan.s0,
                      "guided_channels": cfg.guided_channels or plan.latent_shape[0]},
         "steps": steps,
         "flops": {"convention": "per sample, denoiser matmuls only; FLOPs = 2 x MACs; guidance branches included",

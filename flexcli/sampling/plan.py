@@ -33,6 +33,7 @@ class Plan:
     solver: str = "ddpm"  # as resolved (the config may leave it to the family)
     flow_shift: float | None = None  # flow-matching solvers only
     input_size: tuple | None = None  # the latent's spatial shape, when it is not the family's default (video)
+    s0: float | None = None  # the CFG scale of all-weak steps (None: s1)
 
     @property
     def labels(self) -> list[int] | None:
@@ -103,7 +104,7 @@ def make_plan(cfg: SampleConfig, model) -> Plan:
     base = step_cost(p0, p0 if guided else None)
     diffusion = None if shift is not None else GaussianDiffusion.from_timesteps(timesteps)
     return Plan(schedule, timesteps, diffusion, conditioning, latent, guided, cfg.cfg_scale, s2, step_macs, base,
-                solver=solver, flow_shift=shift, input_size=input_size)
+                solver=solver, flow_shift=shift, input_size=input_size, s0=cfg.cfg_scale_all_weak)
 
 
 def conditions_of(model, cfg: SampleConfig, guided: bool) -> ClassLabels | Prompts:
