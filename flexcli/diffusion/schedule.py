@@ -207,15 +207,9 @@ def uses_weak_guidance(p_cond, p_uncond, mode: str = "weak") -> bool:
     return mode == "weak" and volume(p_cond) < volume(p_uncond)
 
 
-def step_scale(p_cond, p_uncond, s1: float, s2: float, mode: str = "weak", s0: float | None = None,
-               powerful=None) -> float:
-    """A step's guidance scale: s2 where the guidance branch is weak (§3.4); s0 where both branches run a weak
-    size (`powerful` is the pretrained size; s0 None: s1 there too); s1 elsewhere."""
-    if uses_weak_guidance(p_cond, p_uncond, mode):
-        return s2
-    if s0 is not None and p_cond == p_uncond != powerful:
-        return s0
-    return s1
+def step_scale(p_cond, p_uncond, s1: float, s2: float, mode="weak", s0: float | None = None, powerful=None):
+    all_weak = s0 is not None and p_cond == p_uncond != powerful  # s0 (if given): both branches at a weak size
+    return s2 if uses_weak_guidance(p_cond, p_uncond, mode) else s0 if all_weak else s1
 
 
 def combine(cond: torch.Tensor, guide: torch.Tensor, scale: float, eps_channels: int,
