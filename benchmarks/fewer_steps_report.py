@@ -10,8 +10,9 @@ is steps/50); a *flex* cell has at least one weak step. At budget B the candidat
 0.5 % (so the 60 % budget holds 30 steps = 60.0 %, and 45 % holds 22 steps = 44 %). Best fewer-steps: the lowest
 mean FID (each schedule at its best guidance). Best flex: the lowest mean FID among flex cells whose class accuracy
 is at most 2 points below the best fewer-steps point's (the target's accuracy condition); the unconstrained
-FID-best flex cell and the most accurate fewer-steps cell are reported too. Target: that flex FID is at least 5 % below. Stretch (B <= 25 %): a flex point
-within +5 % of the 100 % baseline's FID and -2 points of its accuracy. Writes OUT/claims.md and OUT/table.md.
+FID-best flex cell and the most accurate fewer-steps cell are reported too. Target: that flex FID is at least 5 %
+below. Stretch (B <= 25 %): a flex point within +5 % of the 100 % baseline's FID and -2 points of its accuracy.
+Writes OUT/claims.md and OUT/table.md.
 """
 from __future__ import annotations
 
