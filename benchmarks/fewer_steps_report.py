@@ -68,6 +68,11 @@ def paired(df: pd.DataFrame, a, b) -> str:
     return ", ".join(f"seed {s}: FID {d[s]:+.1f} %, acc {da[s]:+.1f} pt" for s in d.index)
 
 
+def lower(gain: float) -> str:
+    """A FID change in percent, as '12.1 % lower' or '9.1 % higher'."""
+    return f"{abs(gain):.1f} % {'lower' if gain >= 0 else 'higher'}"
+
+
 def verdicts(df: pd.DataFrame, budgets: list[float]) -> tuple[list[str], list[dict]]:
     cells = cell_stats(df)
     fs = cells[~cells.flex]
@@ -91,7 +96,7 @@ def verdicts(df: pd.DataFrame, budgets: list[float]) -> tuple[list[str], list[di
         dacc = 100 * (x.class_accuracy_mean - f.class_accuracy_mean)
         reached = gain >= 5 and dacc >= -2
         lines.append(f"- **{100 * B:.0f} % compute: target {'REACHED' if reached else 'NOT reached'}.** Best fewer-steps: "
-                     f"{describe(f)}: {nums(f)}. Best flex: {describe(x)}: {nums(x)}. FID {gain:+.1f} % lower "
+                     f"{describe(f)}: {nums(f)}. Best flex: {describe(x)}: {nums(x)}. FID {lower(gain)} "
                      f"(target >= 5 %), accuracy {dacc:+.1f} points (target >= -2). Paired per seed (flex vs "
                      f"fewer-steps): {paired(df, f, x)}.")
         if x_any is not x and x_any.name != x.name:
@@ -100,7 +105,7 @@ def verdicts(df: pd.DataFrame, budgets: list[float]) -> tuple[list[str], list[di
         if f_acc.name != f.name:  # a user who asked for a class may prefer the most accurate fewer-steps cell
             dacc2 = 100 * (x.class_accuracy_mean - f_acc.class_accuracy_mean)
             lines.append(f"  The most accurate fewer-steps cell: {describe(f_acc)}: {nums(f_acc)}. Against it the "
-                         f"best flex point's FID is {100 * (1 - x.fid_mean / f_acc.fid_mean):+.1f} % lower and its "
+                         f"best flex point's FID is {lower(100 * (1 - x.fid_mean / f_acc.fid_mean))} and its "
                          f"accuracy {dacc2:+.1f} points.")
         table += [{"budget": f"{100 * B:.0f} %", "kind": "fewer steps", "r": f},
                   {"budget": f"{100 * B:.0f} %", "kind": "flex", "r": x}]

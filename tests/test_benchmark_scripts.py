@@ -165,7 +165,8 @@ def test_fewer_steps_report_verdicts(monkeypatch):
                              precision=0.6, recall=0.5, ref_images=10000))
     lines, table = rep.verdicts(pd.DataFrame(rows), [0.45])
     text = "\n".join(lines)
-    assert "45 % compute: target REACHED" in text and "FID +25.4 % lower" in text and "accuracy -1.0 points" in text
+    assert "45 % compute: target REACHED" in text and "FID 25.4 % lower" in text and "accuracy -1.0 points" in text
     assert "most accurate fewer-steps cell: 22 dpm++2m steps (cfg s1 3.5" in text
-    assert "FID is +26.0 % lower and its accuracy -8.0 points" in text
+    assert "FID is 26.0 % lower and its accuracy -8.0 points" in text
     assert [t["kind"] for t in table] == ["fewer steps", "flex"] and table[1]["r"].steps == 38
+    assert rep.lower(-9.06) == "9.1 % higher" and rep.lower(0.0) == "0.0 % lower"
