@@ -7,9 +7,9 @@ shipped classifier's feature space (`--features fmnist`) against the first `--re
 and the class accuracy of the shipped classifier, and appends one CSV row. Cells already in the CSV are skipped
 (resumable); several processes may share one CSV (`--shard i/n`, appends under a file lock).
 
-Sampling: cells that `flexcli sample` can express (guid cfg or weak, s0 = s1) run through `flexcli.sampling`
-itself (`sample_latents`); the others (a per-phase s0, the `both` mode) run the library's loop and denoiser with
-only those steps replaced (`make_denoiser` here).
+Sampling: cells that `flexcli sample` can express (guid cfg or weak; s0 as its `--cfg-scale-all-weak`) run
+through `flexcli.sampling` itself (`sample_latents`); the others (s0 = 1, the `both` mode) run the library's loop
+and denoiser with only those steps replaced (`make_denoiser` here).
 
 Compute: the exact FLOPs model of `flexcli sample` (`flexcli.compute`) with merged LoRAs. `compute` is relative to
 the all-powerful 50-step baseline with guidance (= steps/50 x `compute_same_steps`, run.json's
@@ -133,16 +133,23 @@ def sample_config(cell: dict, num_samples: int, batch_size: int):
     from flexcli.sampling import SampleConfig
 
     return SampleConfig(num_samples=num_samples, steps=int(cell["steps"]), solver=cell["solver"],
-                        cfg_scale=float(cell["s1"]), cfg_scale_weak=cell["_s2"],
+                        cfg_scale=float(cell["s1"]), cfg_scale_weak=cell["_s2"], cfg_scale_all_weak=_all_weak(cell),
                         guidance="weak" if cell["guid"] in ("weak", "both") else "cfg",
                         class_labels=list(range(10)), seed=int(cell["seed"]) * 1_000_000, schedule=cell["sched"],
                         batch_size=batch_size, merge_lora=True, dtype="float32")
 
 
+def _all_weak(cell: dict) -> float | None:
+    """flexcli sample's s_cfg0 for a cell: its s0 where that differs from s1, except s0 = 1 (this script's one-pass
+    unguided all-weak steps, which also cost less)."""
+    s0 = cell["_s0"]
+    return None if s0 in (1, float(cell["s1"])) else s0
+
+
 def library_cell(cell: dict) -> bool:
-    """Whether `flexcli.sampling` samples this cell as it is: CFG or weak guidance with one CFG scale for every
-    step (s0 = s1). The per-phase s0 and the `both` mode are this script's own."""
-    return cell["guid"] in ("cfg", "weak") and cell["_s0"] == float(cell["s1"])
+    """Whether `flexcli.sampling` samples this cell as it is: CFG or weak guidance, s0 through its s_cfg0. The
+    unguided all-weak steps (s0 = 1) and the `both` mode are this script's own."""
+    return cell["guid"] in ("cfg", "weak") and cell["_s0"] != 1
 
 
 # ---------------------------------------------------------------------------------------------- compute
@@ -167,11 +174,10 @@ def step_costs(model, schedule, guid: str, guided: bool = True, s0: float | None
 
 # ---------------------------------------------------------------------------------------------- sampling
 def make_denoiser(model, cfg, plan, y, null, guid: str, s0: float, weak):
-    """`flexcli.sampling.make_denoiser` with what it lacks: a CFG scale s0 of its own for the all-weak steps
-    (s0 = 1: unguided, one forward pass) and the `both` mode's steps. Every other step is the library's."""
+    """`flexcli.sampling.make_denoiser` with what it lacks: unguided all-weak steps (s0 = 1, one forward pass) and
+    the `both` mode's steps. Every other step is the library's (s0 through its s_cfg0)."""
     import torch
 
-    from flexcli.diffusion import schedule as G
     from flexcli.sampling import make_denoiser as library_denoiser
 
     lib = library_denoiser(model, cfg, plan, y, null)
@@ -179,17 +185,13 @@ def make_denoiser(model, cfg, plan, y, null, guid: str, s0: float, weak):
 
     def denoise(x, step, t):
         pc, pu = plan.schedule.cond[step], plan.schedule.uncond[step]
-        own_s0 = plan.guided and pc == pu == weak and s0 != plan.s1
+        own_s0 = plan.guided and pc == pu == weak and s0 == 1
         own_both = plan.guided and guid == "both" and _weak_guided(pc, pu)
         if not (own_s0 or own_both):
             return lib(x, step, t)
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        if own_s0 and s0 == 1:
-            return model(x, tt, y, patch_size=pc)  # s0 = 1: unguided all-weak steps, one forward pass
         if own_s0:
-            both = model.cat_conditions([y, null])
-            cond, guide = model(torch.cat([x, x]), torch.cat([tt, tt]), both, patch_size=pc).chunk(2)
-            return G.combine(cond, guide, s0, c, cfg.guided_channels)
+            return model(x, tt, y, patch_size=pc)  # s0 = 1: unguided all-weak steps, one forward pass
         # both: e_c,P + (s2 - 1)(e_c,P - e_c,w) + (s1 - 1)(e_c,w - e_null,w)
         cond = model(x, tt, y, patch_size=pc)
         wc, wn = model(torch.cat([x, x]), torch.cat([tt, tt]), model.cat_conditions([y, null]),

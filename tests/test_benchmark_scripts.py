@@ -130,8 +130,8 @@ def test_fewer_steps_own_loop_equals_the_library(flex_base, monkeypatch, capsys)
 
 
 def test_library_all_weak_scale_samples_the_scripts_s0_cells(flex_base, monkeypatch):
-    """flexcli sample's `cfg_scale_all_weak` (s0) gives the script's own s0 loop bit for bit, and s0 does change
-    the samples."""
+    """The script samples its s0 cells through flexcli sample's `cfg_scale_all_weak`: its loop gives the library's
+    latents bit for bit, and s0 does change the samples."""
     import dataclasses
 
     from flexcli.api import load_model
@@ -142,9 +142,10 @@ def test_library_all_weak_scale_samples_the_scripts_s0_cells(flex_base, monkeypa
     c = _cell(fs, model, "ckpt=a;solver=ddpm;steps=4;sched=2/1;guid=weak;s1=4;s0=6", 2)
     cfg = fs.sample_config(c, 2, 2)
     own = fs.own_latents(model, cfg, make_plan(cfg, model), c["guid"], c["_s0"], fs.weak_of(model))
-    lib = dataclasses.replace(cfg, cfg_scale_all_weak=6.0)
-    assert torch.equal(own, sample_latents(model, lib, make_plan(lib, model), [0, 1], "cpu"))
-    assert not torch.equal(own, sample_latents(model, cfg, make_plan(cfg, model), [0, 1], "cpu"))
+    assert cfg.cfg_scale_all_weak == 6.0 and fs.library_cell(c)
+    assert torch.equal(own, sample_latents(model, cfg, make_plan(cfg, model), [0, 1], "cpu"))
+    plain = dataclasses.replace(cfg, cfg_scale_all_weak=None)
+    assert not torch.equal(own, sample_latents(model, plain, make_plan(plain, model), [0, 1], "cpu"))
 
 
 def test_fewer_steps_report_verdicts(monkeypatch):
