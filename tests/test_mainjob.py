@@ -37,11 +37,21 @@ def base(tmp_path):
 def test_main_job_tiny(base, tmp_path):
     from flexcli.builtin.demo import run_main_job, settings
 
+    cells = [{"schedule": "2/1", "cfg_scale": 3.0, "guidance": "weak", "cfg_scale_all_weak": 4.0},
+             {"schedule": "2/2 of 2", "cfg_scale": 2.0, "solver": "ddim"}]
     job = settings(quick=True, distill_steps=2, num_samples=12, ref_images=40, steps=4, schedules=["4/4", "2/2"],
-                   cfg_scales=[2.0], batch_size=12, baseline_steps=[2], compare_compute=0.65)
+                   cfg_scales=[2.0], batch_size=12, baseline_steps=[2], compare_compute=0.65, cells=cells)
     res = run_main_job(tmp_path / "out", base=base, job=job)
     rows = {r["label"]: r for r in res["rows"]}
-    assert set(rows) == {"4/4@2", "2/2@2", "2/2 of 2@2"}
+    weak, ddim = "2/1@3 [guidance weak, cfg_scale_all_weak 4]", "2/2 of 2@2 [solver ddim]"
+    assert set(rows) == {"4/4@2", "2/2@2", "2/2 of 2@2", weak, ddim}
+    # the cells: sampled with their own options, recorded in pareto.csv and run.json
+    assert (rows[weak]["guidance"], rows[weak]["cfg_scale"], rows[weak]["cfg_scale_all_weak"]) == ("weak", 3, 4)
+    run = json.loads((tmp_path / "out" / "work" / "sweep" / "runs" / "s2-1_cfg3_guidance-weak_cfg_scale_all_weak-4"
+                      / "run.json").read_text())
+    assert run["guidance"]["s_cfg0"] == 4 and run["guidance"]["s_cfg1"] == 3 and run["config"]["solver"] == "ddpm"
+    assert rows[ddim]["solver"] == "ddim" and rows[ddim]["baseline"] and rows["2/2 of 2@2"]["solver"] == "ddpm"
+    assert rows[ddim]["compute_fraction"] == pytest.approx(0.5) and rows[ddim]["cfg_scale_all_weak"] is None
     assert rows["4/4@2"]["compute_fraction"] == pytest.approx(1.0)
     # sampled with merged LoRAs: the weak steps cost exactly a LoRA-free weak forward pass
     from flexcli.models.configs import named_config
@@ -66,6 +76,23 @@ def test_main_job_tiny(base, tmp_path):
     summary = (out / "summary.txt").read_text()
     assert "flex vs fewer steps at or under 65 % compute" in summary and "2 steps all powerful" in summary
     assert "class acc" in summary and res["summary"] == summary.splitlines()
+    assert "schedule 2/1 of 4 steps, ddpm, weak guidance, cfg 3, all-weak cfg 4" in summary
+    assert "2 steps all powerful, ddim, cfg 2" in summary
+
+
+def test_demo_settings_check_the_cells():
+    """A bad sweep cell fails when the settings resolve, before the distillation, naming the cell."""
+    from flexcli.builtin.demo import settings
+    from flexcli.errors import FlexcliError
+
+    assert {c.get("solver") for c in settings().cells} == {None, "dpm++2m"}
+    for cell, problem in (({"schedule": "30/15"}, "needs a schedule and a cfg_scale"),
+                          ({"schedule": "30/15", "cfg_scale": 5, "solver": "euler"}, "unknown solver 'euler'"),
+                          ({"schedule": "30/15", "cfg_scale": 5, "cfg_scale_all_weeak": 8}, "unknown setting"),
+                          ({"schedule": "30/15 of 20", "cfg_scale": 5}, "more than the 20 steps")):
+        with pytest.raises(FlexcliError, match="cells: ") as e:
+            settings(cells=[cell])
+        assert problem in e.value.problem
 
 
 def test_demo_missing_base_is_one_line(tmp_path):
@@ -93,6 +120,7 @@ schedules: ["4/4", "2/2"]
 baseline_steps: [2]
 compare_compute: 0.65
 cfg_scales: [2.0]
+cells: [{schedule: 2/1, cfg_scale: 3, guidance: weak, cfg_scale_all_weak: 4}]
 batch_size: 10
 """
 LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] (?P<stage>.+?) (?P<done>\d+)/(?P<total>\d+) \(\d+%\) "

@@ -141,6 +141,23 @@ def test_sample_flags_name_the_steps_and_guidance():
         "--steps 50 --schedule 30/15 --cfg-scale 4"
 
 
+def test_rows_name_their_solver_and_all_weak_scale(tmp_path):
+    """A row that records its solver and s_cfg0 says so in its description and its `flexcli sample` flags, and
+    keeps them through pareto.csv."""
+    from flexcli.evaluate.pareto import describe
+
+    weak = {"label": "a", "steps": 50, "solver": "ddpm", "schedule": "30/15", "guidance": "weak", "cfg_scale": 5.0,
+            "cfg_scale_all_weak": 8.0, "compute_fraction": 0.585, "fid": 1.0}
+    few = {"label": "b", "steps": 30, "solver": "dpm++2m", "schedule": "30/30", "guidance": "cfg", "cfg_scale": 2.5,
+           "compute_fraction": 0.6, "fid": 2.0, "baseline": True}
+    write_pareto_csv([weak, few], tmp_path / "pareto.csv")
+    back = {r["label"]: r for r in read_pareto_csv(tmp_path / "pareto.csv")}
+    assert describe(back["a"]) == "schedule 30/15 of 50 steps, ddpm, weak guidance, cfg 5, all-weak cfg 8"
+    assert describe(back["b"]) == "30 steps all powerful, dpm++2m, cfg 2.5"
+    assert sample_flags(back["a"]) == "--steps 50 --solver ddpm --schedule 30/15 --cfg-scale 5 --cfg-scale-all-weak 8"
+    assert sample_flags(back["b"]) == "--steps 30 --solver dpm++2m --schedule 30/30 --cfg-scale 2.5"
+
+
 def test_baseline_plots_from_csv(tmp_path):
     rows = _with_baseline()
     write_pareto_csv(rows, tmp_path / "pareto.csv")

@@ -4,7 +4,8 @@
 2. distil the weak mode from the powerful one (§3.2) on Fashion-MNIST;
 3. sweep weak-first schedules x guidance scales with the same seeds and labels (`flexcli.evaluate.core.sweep`),
    beside the simplest alternative, fewer powerful steps (`baseline_steps`: every step at the powerful patch
-   size), against the Fashion-MNIST test split, with the shipped domain classifier as the feature extractor
+   size), plus single `cells` with their own options (flex with weak guidance, fewer steps with DPM-Solver++),
+   against the Fashion-MNIST test split, with the shipped domain classifier as the feature extractor
    (`--features fmnist`: FID/KID/precision/recall) and its class accuracy;
 4. write `pareto.csv` (with `class_accuracy` and the baseline columns), the plots, `evaluate.json`, the summary
    (`summary.txt`: every row, and flex vs fewer steps at `compare_compute`), `job.json` and the resolved
@@ -44,9 +45,17 @@ class JobSettings:
     solver: str = "ddpm"
     # 100 / 84.9 / 69.8 / 59.3 % compute with merged LoRAs; FID is best near cfg 2.5-3 (benchmarks/results/fmnist_claims)
     schedules: list[str] = field(default_factory=lambda: ["50/50", "40/40", "30/30", "23/23"])
-    cfg_scales: list[float] = field(default_factory=lambda: [2.5, 4.0])
+    cfg_scales: list[float] = field(default_factory=lambda: [2.5])
     # the fewer-steps baseline: all-powerful runs at these step counts (and at `steps`): 80 / 60 / 40 % compute
     baseline_steps: list[int] = field(default_factory=lambda: [40, 30, 20])
+    # single settings with their own sample options (flexcli.evaluate.core.split_cell): each kind at the best
+    # guidance of the flex-vs-fewer-steps benchmark (benchmarks/results/fewer_steps): flex with weak guidance,
+    # s_cfg1 5 and more guidance on the all-weak steps (58.5 / 43.6 %), and fewer steps with DPM-Solver++ (60 / 44 %)
+    cells: list[dict] = field(default_factory=lambda: [
+        {"schedule": "30/15", "cfg_scale": 5.0, "guidance": "weak", "cfg_scale_all_weak": 8.0},
+        {"schedule": "22/11 of 38", "cfg_scale": 5.0, "guidance": "weak", "cfg_scale_all_weak": 6.0},
+        {"schedule": "30/30 of 30", "cfg_scale": 2.5, "solver": "dpm++2m"},
+        {"schedule": "22/22 of 22", "cfg_scale": 2.5, "solver": "dpm++2m"}])
     compare_compute: float = 0.6  # the summary's flex vs fewer-steps comparison: best points at or under this
     guidance: str = "cfg"
     merge_lora: bool = True  # per-size merged weights: zero LoRA overhead at sampling time (§3.2)
@@ -55,10 +64,15 @@ class JobSettings:
 
 
 QUICK = JobSettings(distill_steps=400, num_samples=100, ref_images=500, steps=20, schedules=["20/20", "10/10"],
-                    cfg_scales=[2.5], baseline_steps=[12], compare_compute=0.63)  # 10/10: 62.3 %, 12 steps: 60 %
+                    cfg_scales=[2.5], baseline_steps=[12], compare_compute=0.63,  # 10/10: 62.3 %, 12 steps: 60 %
+                    cells=[{"schedule": "12/6", "cfg_scale": 5.0, "guidance": "weak", "cfg_scale_all_weak": 8.0},
+                           {"schedule": "12/12 of 12", "cfg_scale": 2.5, "solver": "dpm++2m"}])
 
 
 def _validate(job: JobSettings, where: str) -> None:
+    from flexcli.evaluate.core import split_cell, sweep_settings
+    from flexcli.sampling import resolve_config
+
     counts = ("weak_patch", "distill_steps", "distill_batch", "num_samples", "ref_images", "steps", "batch_size")
     bad = [k for k in counts if getattr(job, k) < 1] + (["distill_lr"] if job.distill_lr <= 0 else [])
     bad += ["compare_compute"] if not 0 < job.compare_compute <= 1 else []
@@ -67,6 +81,14 @@ def _validate(job: JobSettings, where: str) -> None:
     if not all(1 <= n <= job.steps for n in job.baseline_steps):
         raise FlexcliError(f"{where}: baseline_steps {job.baseline_steps} must lie in 1..steps ({job.steps})",
                            "the fewer-steps baseline runs fewer steps than `steps`, e.g. baseline_steps: [30, 20]")
+    for cell in job.cells:  # checked now, not after the distillation
+        try:
+            sched, n, scale, options = split_cell(cell, job.steps)
+            sweep_settings([f"{sched} of {n}"], job.steps)
+            resolve_config({"checkpoint": "-", "out": "-", "steps": n, "schedule": sched, "cfg_scale": scale,
+                            **options})
+        except FlexcliError as e:
+            raise FlexcliError(f"{where}: cells: {e.problem.removeprefix('command line: ')}", e.fix) from None
     if not job.schedules or not job.cfg_scales:
         raise FlexcliError(f"{where}: schedules and cfg_scales must not be empty", "e.g. schedules: [50/50, 30/30]")
 
@@ -179,12 +201,13 @@ def fresh_folder(out: Path, force: bool) -> Path:
 
 def _sweep(checkpoint: Path, job: JobSettings, ref: Path, work: Path, progress: Progress):
     """Sample and score every (schedule or fewer-steps baseline, guidance scale) of the job into work/sweep."""
-    from flexcli.evaluate.core import sweep, sweep_settings
+    from flexcli.evaluate.core import split_cell, sweep, sweep_settings
     from flexcli.evaluate.sampling import library_sample_fn
 
     grid = sweep_settings(job.schedules, job.steps, job.baseline_steps)
-    n_settings = len(grid) * len(job.cfg_scales)
-    total = job.num_samples * len(job.cfg_scales) * sum(n for _, n in grid)  # denoising steps x samples
+    cell_steps = [split_cell(cell, job.steps)[1] for cell in job.cells]
+    n_settings = len(grid) * len(job.cfg_scales) + len(cell_steps)
+    total = job.num_samples * (len(job.cfg_scales) * sum(n for _, n in grid) + sum(cell_steps))  # steps x samples
     done = {"steps": 0}
 
     def on_sample(info: dict) -> None:
@@ -200,6 +223,6 @@ def _sweep(checkpoint: Path, job: JobSettings, ref: Path, work: Path, progress: 
                            class_labels=list(range(10)), merge_lora=job.merge_lora)
     opts = metric_options(job.num_samples, work / "cache")
     ev = sweep(fn, job.schedules, job.cfg_scales, ref, work / "sweep", opts, ckpt=checkpoint, steps=job.steps,
-               baseline_steps=job.baseline_steps, num_samples=job.num_samples, progress=on_sweep)
+               baseline_steps=job.baseline_steps, cells=job.cells, num_samples=job.num_samples, progress=on_sweep)
     progress("metrics", n_settings, n_settings)
     return ev

@@ -128,8 +128,10 @@ def _row(s: SampleSet, n: int, base: int, costs) -> dict:
     """A pareto.csv row's facts about how set `s` was made (the metrics are added by the caller)."""
     frac, gflops, steps = _compute(s, base, costs)
     own = None if frac is None else frac * base / steps if steps else frac  # relative to its own step count
-    return {"label": s.label, "steps": steps, "schedule": s.meta.get("schedule"), "guidance": s.meta.get("guidance"),
-            "cfg_scale": s.meta.get("cfg_scale"), "compute_fraction": frac, "gflops_per_sample": gflops,
+    m = s.meta
+    return {"label": s.label, "steps": steps, "solver": m.get("solver"), "schedule": m.get("schedule"),
+            "guidance": m.get("guidance"), "cfg_scale": m.get("cfg_scale"),
+            "cfg_scale_all_weak": m.get("cfg_scale_all_weak"), "compute_fraction": frac, "gflops_per_sample": gflops,
             "latency_s": s.meta.get("latency_s"), "latency_ratio": s.meta.get("latency_ratio"), "num_samples": n,
             "baseline": own is not None and abs(own - 1) < 1e-6, "source": str(s.path)}
 
@@ -237,22 +239,54 @@ def _finish(res: EvalResult, out: Path, target: float | None) -> EvalResult:
     return res
 
 
+def split_cell(cell: dict, steps: int) -> tuple[str, int, float, dict]:
+    """A sweep cell {schedule: 'X' or 'X of N', cfg_scale, [steps], other sample options} -> (schedule, step
+    count, cfg scale, the other options); a one-line error when it lacks the schedule or the scale."""
+    from flexcli.evaluate.runs import split_setting
+
+    if not isinstance(cell, dict) or "schedule" not in cell or "cfg_scale" not in cell:
+        raise FlexcliError(f"sweep cell {cell!r} needs a schedule and a cfg_scale",
+                           "write e.g. {schedule: 30/15, cfg_scale: 5, guidance: weak, cfg_scale_all_weak: 8}")
+    options = {k: v for k, v in cell.items() if k not in ("schedule", "cfg_scale", "steps")}
+    sched, n = split_setting(str(cell["schedule"]), int(cell.get("steps", steps)))
+    return sched, n, float(cell["cfg_scale"]), options
+
+
+def _label(schedule: str, n: int, cfg_scale: float, options: dict, steps: int) -> str:
+    """A sweep row's label: '23/23@2.5', '30/30 of 30@2.5', '30/15@5 [guidance weak, cfg_scale_all_weak 8]'."""
+    more = f" [{', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}' for k, v in options.items())}]"
+    return f"{schedule}{'' if n == steps else f' of {n}'}@{cfg_scale:g}{more if options else ''}"
+
+
 def sweep(sample_fn: SampleFn, schedules: list[str], cfg_scales: list[float], ref: Path, out: Path,
           opts: MetricOptions, *, clip: ClipOptions | None = None, ckpt: Path | None = None, steps: int = 250,
-          baseline_steps: list[int] | None = None, target_compute: float | None = None, force: bool = False,
-          num_samples: int | None = None, progress: Callable[[str], None] = lambda m: None) -> EvalResult:
+          baseline_steps: list[int] | None = None, cells: list[dict] | None = None,
+          target_compute: float | None = None, force: bool = False, num_samples: int | None = None,
+          progress: Callable[[str], None] = lambda m: None) -> EvalResult:
     """Sample every (schedule, step count, cfg scale) with `sample_fn` into out/runs/, then evaluate them all.
 
     Schedules run at `steps` ('X of N' at N steps); with `baseline_steps` the fewer-steps baseline joins them:
-    the all-powerful schedule at `steps` and at each of those counts (`sweep_settings`). Compute is relative to
-    the all-powerful run at `steps`. `sample_fn` must use the same seeds for every combination (it is called
-    with the same arguments but the schedule, the scale and, at other step counts, `steps=N`). The reference is
-    opened first, so bad input fails before any sampling.
+    the all-powerful schedule at `steps` and at each of those counts (`sweep_settings`). `cells` are single
+    settings with their own sample options (`split_cell`), e.g. weak guidance with its own s_cfg0 or another
+    solver. Compute is relative to the all-powerful run at `steps`. `sample_fn` must use the same seeds for
+    every combination (it is called with the same arguments but the schedule, the scale, at other step counts
+    `steps=N`, and a cell's options as keywords). The reference is opened first, so bad input fails before any
+    sampling.
     """
     out = Path(out)
     check_output(out, force)
     _check_target(target_compute)
     settings = sweep_settings(schedules, steps, baseline_steps)
+    grid = [(s, n, c, {}) for s, n in settings for c in cfg_scales]
+    extra = [split_cell(cell, steps) for cell in cells or []]
+    for s, n, _, options in extra:
+        sweep_settings([f"{s} of {n}"], steps)  # counts and segment lengths fit the step count
+        if hasattr(sample_fn, "check"):
+            sample_fn.check(options)
+    labels = [_label(s, n, c, options, steps) for s, n, c, options in grid + extra]
+    if len(set(labels)) < len(labels):
+        twice = next(x for x in labels if labels.count(x) > 1)
+        raise FlexcliError(f"the sweep runs {twice} twice", "drop the sweep cell that repeats a schedule x scale")
     n_ref = len(open_images(ref, "--ref"))
     check_options(opts, num_samples or math.inf, n_ref)  # weights, extractor, counts: before any sampling
     with atomic_dir(out) as tmp:
@@ -263,13 +297,11 @@ def sweep(sample_fn: SampleFn, schedules: list[str], cfg_scales: list[float], re
             sample_fn.warmup(tmp / "warmup")
             shutil.rmtree(tmp / "warmup", ignore_errors=True)
         done = []
-        for s, n in settings:
-            for c in cfg_scales:
-                at = "" if n == steps else f" of {n}"
-                progress(f"sampling schedule {s}{at}, cfg {c:g}")
-                kw = {} if n == steps else {"steps": n}
-                run_dir = Path(sample_fn(s, c, runs / schedule_dirname(s, c, None if n == steps else n), **kw))
-                done.append(f"{s}{at}@{c:g}={run_dir}")
+        for (s, n, c, options), label in zip(grid + extra, labels):
+            progress(f"sampling schedule {label.replace('@', ', cfg ')}")
+            kw = {**options, **({} if n == steps else {"steps": n})}
+            run_dir = Path(sample_fn(s, c, runs / schedule_dirname(s, c, None if n == steps else n, options), **kw))
+            done.append(f"{label}={run_dir}")
         sets = resolve_samples(done)
         res = _evaluate_into(tmp, sets, Path(ref), opts, clip, ckpt, steps, progress)
         for r in res.rows:  # sources pointed into the temporary folder

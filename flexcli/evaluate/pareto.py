@@ -20,7 +20,8 @@ from flexcli.errors import FlexcliError
 # count (CFG included); latency_ratio: measured latency relative to the all-powerful row at the base step count
 # with the same guidance scale, in the same sweep; class_accuracy: the share of samples that the feature
 # extractor's classifier assigns to their requested label (when it has one, e.g. --features fmnist).
-COLUMNS = ["label", "steps", "schedule", "guidance", "cfg_scale", "compute_fraction", "gflops_per_sample",
+COLUMNS = ["label", "steps", "solver", "schedule", "guidance", "cfg_scale", "cfg_scale_all_weak", "compute_fraction",
+           "gflops_per_sample",
            "latency_s", "latency_ratio", "fid", "class_accuracy", "isc", "isc_std", "kid", "kid_std", "precision",
            "recall", "clip", "num_samples", "baseline", "baseline_front", "pareto_optimal", "source"]
 EPS = 1e-9
@@ -90,7 +91,8 @@ def compare_at(rows: list[dict], target: float) -> dict:
 
 
 def describe(row: dict) -> str:
-    """'23/23 of 50 steps, cfg 2.5', '30 steps all powerful, cfg 2.5', or the label."""
+    """'schedule 23/23 of 50 steps, cfg 2.5', '30 steps all powerful, dpm++2m, cfg 2.5', 'schedule 30/15 of 50 steps,
+    weak guidance, cfg 5, all-weak cfg 8' (the solver and s_cfg0 where the row names them), or the label."""
     parts = []
     steps = None if _missing(row.get("steps")) else int(row["steps"])
     sched = row.get("schedule")
@@ -98,10 +100,14 @@ def describe(row: dict) -> str:
         parts.append(f"{steps} steps all powerful")
     elif not _missing(sched) and sched != "":
         parts.append(f"schedule {sched}" + (f" of {steps} steps" if steps is not None else ""))
+    if not _missing(row.get("solver")):
+        parts.append(str(row["solver"]))
     if row.get("guidance") == "weak":
         parts.append("weak guidance")
     if not _missing(row.get("cfg_scale")):
         parts.append(f"cfg {row['cfg_scale']:g}")
+    if not _missing(row.get("cfg_scale_all_weak")):
+        parts.append(f"all-weak cfg {row['cfg_scale_all_weak']:g}")
     return ", ".join(parts) or str(row.get("label"))
 
 
@@ -111,15 +117,19 @@ def _asymmetric(schedule: str) -> bool:
 
 
 def sample_flags(row: dict) -> str:
-    """The `flexcli sample` options that reproduce a row's (steps, schedule, guidance)."""
+    """The `flexcli sample` options that reproduce a row's (steps, solver, schedule, guidance)."""
     flags = []
     if not _missing(row.get("steps")):
         flags.append(f"--steps {int(row['steps'])}")
+    if not _missing(row.get("solver")):
+        flags.append(f"--solver {row['solver']}")
     sched = row.get("schedule")
     if not _missing(sched) and sched != "":
         flags.append(f"--schedule {sched}")
     if not _missing(row.get("cfg_scale")):
         flags.append(f"--cfg-scale {row['cfg_scale']:g}")
+    if not _missing(row.get("cfg_scale_all_weak")):
+        flags.append(f"--cfg-scale-all-weak {row['cfg_scale_all_weak']:g}")
     if row.get("guidance") == "cfg" and not _missing(sched) and _asymmetric(str(sched)):
         flags.append("--guidance cfg")  # `flexcli sample` guides weakly by default
     return " ".join(flags)
@@ -144,6 +154,6 @@ def write_pareto_csv(rows: list[dict], path) -> None:
 def read_pareto_csv(path) -> list[dict]:
     import pandas as pd
 
-    df = pd.read_csv(path, dtype={"schedule": str, "label": str, "guidance": str})
+    df = pd.read_csv(path, dtype={"schedule": str, "label": str, "guidance": str, "solver": str})
     return [{k: (None if (isinstance(v, float) and math.isnan(v)) else v) for k, v in r.items()}
             for r in df.to_dict("records")]

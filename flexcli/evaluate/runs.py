@@ -51,7 +51,8 @@ def _guidance(raw: dict) -> str | None:
 def read_run_json(path: Path) -> dict:
     """What evaluate uses from `flexcli sample`'s run.json (flexcli.sampling.run_record), under flexcli's names.
 
-    schedule: schedule.spec (or config.schedule); steps: config.steps; cfg_scale: config.cfg_scale; guidance:
+    schedule: schedule.spec (or config.schedule); steps: config.steps; solver: solver.name (or config.solver);
+    cfg_scale: config.cfg_scale; cfg_scale_all_weak: config.cfg_scale_all_weak (s_cfg0, when given); guidance:
     "weak", "cfg" or "none" (`_guidance`); run_fraction: flops.compute_fraction, the run's FLOPs relative to
     the all-powerful schedule at ITS OWN step count (evaluate rescales it to the base step count);
     gflops_per_sample: flops.total / 1e9 (per sample); latency_s: wall_time_s / number of samples (sampling
@@ -72,10 +73,13 @@ def read_run_json(path: Path) -> dict:
     n = len(raw["seeds"]) if isinstance(raw.get("seeds"), list) else cfg.get("num_samples")
     wall = _num(raw.get("wall_time_s"))
     steps = raw.get("steps") if isinstance(raw.get("steps"), int) else cfg.get("steps")
+    solver = raw.get("solver")
     meta = {
         "schedule": sched or cfg.get("schedule"),
         "steps": int(steps) if isinstance(steps, (int, float)) and steps > 0 else None,
+        "solver": (solver.get("name") if isinstance(solver, dict) else solver) or cfg.get("solver"),
         "cfg_scale": _num(raw.get("cfg_scale", cfg.get("cfg_scale"))),
+        "cfg_scale_all_weak": _num(raw.get("cfg_scale_all_weak", cfg.get("cfg_scale_all_weak"))),
         "guidance": _guidance(raw),
         "compute_fraction": _num(raw.get("compute_fraction")),
         "run_fraction": _num(flops.get("compute_fraction")),
@@ -175,9 +179,11 @@ def split_setting(spec: str, steps: int) -> tuple[str, int]:
     return m["schedule"].strip(), n
 
 
-def schedule_dirname(schedule: str, cfg_scale: float, steps: int | None = None) -> str:
-    """The run folder of one sweep setting: s23-23_cfg2.5, or n30_s30-30_cfg2.5 at another step count."""
+def schedule_dirname(schedule: str, cfg_scale: float, steps: int | None = None, options: dict | None = None) -> str:
+    """The run folder of one sweep setting: s23-23_cfg2.5, n30_s30-30_cfg2.5 at another step count, and with
+    other sample options n30_s30-30_cfg2.5_solver-dpm++2m."""
     name = f"s{schedule.replace('/', '-').replace(' ', '')}_cfg{cfg_scale:g}"
+    name += "".join(f"_{k}-{v:g}" if isinstance(v, float) else f"_{k}-{v}" for k, v in (options or {}).items())
     return name if steps is None else f"n{steps}_{name}"
 
 

@@ -2,9 +2,9 @@
 -> run_dir`.
 
 Every call uses the same seeds (seed, seed + 1, ...) and labels, so the combinations differ only in schedule,
-step count (`steps`, default: the one given here) and guidance scale. Other sampling settings (solver, VAE,
-batch size, ...) come from `options`, which take flexcli.sampling.SampleConfig field names (defaults < recipe <
-options).
+step count (`steps`, default: the one given here), guidance scale and a sweep cell's own options (`**more`,
+e.g. solver or cfg_scale_all_weak). Other sampling settings (solver, VAE, batch size, ...) come from `options`,
+which take flexcli.sampling.SampleConfig field names (defaults < recipe < options < a cell's options).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def library_sample_fn(ckpt: Path, num_samples: int, seed: int = 0, steps: int = 
     base = dict(checkpoint=str(ckpt), num_samples=num_samples, seed=seed, steps=steps, **options)
     resolve_config({**base, "out": "unused", "schedule": f"{steps}/{steps}"}, recipe)  # fail before any sampling
 
-    def sample_fn(schedule: str, cfg_scale: float, run_dir: Path, steps: int | None = None) -> Path:
-        cfg = resolve_config({**base, "out": str(run_dir), "schedule": schedule, "cfg_scale": cfg_scale,
+    def sample_fn(schedule: str, cfg_scale: float, run_dir: Path, steps: int | None = None, **more) -> Path:
+        cfg = resolve_config({**base, **more, "out": str(run_dir), "schedule": schedule, "cfg_scale": cfg_scale,
                               **({"steps": steps} if steps is not None else {})}, recipe)
         run(cfg, progress)
         if not (Path(run_dir) / "samples.npz").is_file():
@@ -37,5 +37,8 @@ def library_sample_fn(ckpt: Path, num_samples: int, seed: int = 0, steps: int = 
             run(resolve_config({**warm, "schedule": "1/1"}, recipe))
         except FlexcliError:  # no weak patch size: warm the powerful mode only
             run(resolve_config({**warm, "schedule": "2/2"}, recipe))
-    sample_fn.warmup = warmup
+    def check(more: dict) -> None:
+        """Fail before any sampling when a sweep cell's options are not valid sample settings."""
+        resolve_config({**base, **more, "out": "unused", "schedule": f"{steps}/{steps}"}, recipe)
+    sample_fn.warmup, sample_fn.check = warmup, check
     return sample_fn
