@@ -139,7 +139,7 @@ def _vs_compute(has, metric: str, path: Path, ctx: list[str]) -> Path:
         bf = _front(base, metric)
         ax.plot(100 * bf["compute_fraction"], bf[metric], "--s", color=BASE_FRONT, ms=6, lw=1.4,
                 label="fewer-steps baseline front", zorder=3)
-        _annotate(ax, bf, metric, BASE_FRONT, below=metric == "fid")
+        _annotate(ax, bf, metric, BASE_FRONT, below=False)  # the two fronts' labels face away from each other
     pts = flex[[not is_baseline(r) for r in flex.to_dict("records")]]
     cfgs = sorted(has["cfg_scale"].dropna().unique())
     for (weak, c), g in pts.groupby([pts["guidance"].fillna("") == "weak", pts["cfg_scale"].fillna(-1)]):
@@ -151,8 +151,7 @@ def _vs_compute(has, metric: str, path: Path, ctx: list[str]) -> Path:
         ff = _front(flex, metric)
         ax.plot(100 * ff["compute_fraction"], ff[metric], "-o", color=FLEX_FRONT, mfc="none", ms=10, lw=1.6,
                 label="flex front", zorder=5)
-        _annotate(ax, ff[[not is_baseline(r) for r in ff.to_dict("records")]], metric, FLEX_FRONT,
-                  below=metric != "fid")
+        _annotate(ax, ff[[not is_baseline(r) for r in ff.to_dict("records")]], metric, FLEX_FRONT, below=True)
     name, better = METRICS[metric]
     ax.set_xlabel("compute (% of the FLOPs of the all-powerful run at the base step count)")
     ax.set_ylabel(f"{name} ({better})")
@@ -173,15 +172,23 @@ def _dodged(g, cfgs: list) -> list[float]:
 def _annotate(ax, rows, metric: str, color: str, below: bool) -> None:
     """Label front points once per place, alternating offsets so that neighbours do not overlap."""
     seen = set()
+    solvers = rows["solver"].dropna().unique() if "solver" in rows else []
     for _, r in rows.iterrows():
-        text = _setting(r) + (", weak guidance" if r.get("guidance") == "weak" else "")
+        s0 = r.get("cfg_scale_all_weak")
+        more = [r["solver"]] if len(solvers) > 1 and isinstance(r["solver"], str) else []
+        more += ["weak"] if r.get("guidance") == "weak" else []  # weak guidance (the triangles)
+        more += [f"s0 {s0:g}"] if s0 is not None and s0 == s0 else []  # the all-weak steps' CFG scale
+        text = _setting(r) + (f" ({', '.join(more)})" if more else "")
         key = (round(r["compute_fraction"], 4), text)
         if key in seen:
             continue
-        dy = (-13 - 8 * (len(seen) % 2)) if below else (7 + 8 * (len(seen) % 2))
+        step = 11 * (0, 2, 1)[len(seen) % 3]  # neighbours two rows apart
+        dy = -13 - step if below else 7 + step
         seen.add(key)
-        ax.annotate(text, (100 * r["compute_fraction"], r[metric]), textcoords="offset points", xytext=(4, dy),
-                    fontsize=7, color=color)
+        right = r["compute_fraction"] > 0.9  # near the right edge the text runs leftwards, on the other side
+        dy = (7 if below else -13) if right else dy
+        ax.annotate(text, (100 * r["compute_fraction"], r[metric]), textcoords="offset points",
+                    xytext=(-4 if right else 4, dy), ha="right" if right else "left", fontsize=7, color=color)
 
 
 def _per_setting(rows, x: str, path: Path, xlabel: str, title: str, ctx: str) -> Path:

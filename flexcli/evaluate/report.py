@@ -22,11 +22,14 @@ def _pct(v) -> str:
 
 def table_lines(rows: list[dict]) -> list[str]:
     """A fixed-width table of every row (setting, compute, FID, class accuracy, precision, recall)."""
-    head = f"{'setting':<58} {'compute':>8} {'FID':>7} {'class acc':>9} {'precision':>9} {'recall':>6}"
+    rows = sorted(rows, key=lambda r: (-(r.get("compute_fraction") or 0), r.get("fid") or 0))
+    names = [("fewer steps: " if fewer_steps(r) else "baseline: " if is_baseline(r) else "flex: ") + describe(r)
+             for r in rows]
+    w = max([58, *map(len, names)])
+    head = f"{'setting':<{w}} {'compute':>8} {'FID':>7} {'class acc':>9} {'precision':>9} {'recall':>6}"
     lines = [head, "-" * len(head)]
-    for r in sorted(rows, key=lambda r: (-(r.get("compute_fraction") or 0), r.get("fid") or 0)):
-        name = ("fewer steps: " if fewer_steps(r) else "baseline: " if is_baseline(r) else "flex: ") + describe(r)
-        lines.append(f"{name:<58} {_pct(r.get('compute_fraction')):>8} {_f(r.get('fid'), '.1f'):>7} "
+    for r, name in zip(rows, names):
+        lines.append(f"{name:<{w}} {_pct(r.get('compute_fraction')):>8} {_f(r.get('fid'), '.1f'):>7} "
                      f"{_f(r.get('class_accuracy'), '.3f'):>9} {_f(r.get('precision'), '.3f'):>9} "
                      f"{_f(r.get('recall'), '.3f'):>6}")
     return lines
@@ -47,13 +50,14 @@ def _delta(flex: dict, base: dict) -> str:
 def comparison_lines(rows: list[dict], target: float) -> list[str]:
     """Flex vs fewer steps at or under `target` compute: one line each, then the difference."""
     pick = compare_at(rows, target)
+    w = max([48, *(len(describe(r)) for r in pick.values() if r is not None)])
     lines = [f"flex vs fewer steps at or under {100 * target:.0f} % compute (each at its best CFG scale by FID):",
-             f"  {'':<12} {'setting':<48} {'compute':>8} {'FID':>7} {'class acc':>9}"]
+             f"  {'':<12} {'setting':<{w}} {'compute':>8} {'FID':>7} {'class acc':>9}"]
     for name, r in (("flex", pick["flex"]), ("fewer steps", pick["fewer_steps"])):
         if r is None:
             lines.append(f"  {name:<12} no measured point at or under {100 * target:.0f} % compute")
             continue
-        lines.append(f"  {name:<12} {describe(r):<48} {_pct(r['compute_fraction']):>8} {_f(r.get('fid'), '.1f'):>7} "
+        lines.append(f"  {name:<12} {describe(r):<{w}} {_pct(r['compute_fraction']):>8} {_f(r.get('fid'), '.1f'):>7} "
                      f"{_f(r.get('class_accuracy'), '.3f'):>9}")
     if pick["flex"] is not None and pick["fewer_steps"] is not None:
         lines.append(f"  flex vs fewer steps: {_delta(pick['flex'], pick['fewer_steps'])}")
