@@ -267,3 +267,26 @@ def test_budget_below_every_point_keeps_the_results(tmp_path, ref, runs):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no measured point at or under compute 0.3") and "results written to" in last
     assert "--target-compute" in last and (tmp_path / "o" / "pareto.csv").is_file()
+
+
+def test_sweep_cells_are_checked_before_any_sampling(tmp_path, ref):
+    """A sweep cell that repeats a grid setting, lacks its scale, or names a bad sample option fails before the
+    first sample, with nothing written."""
+    from flexcli.errors import FlexcliError
+    from flexcli.evaluate.core import sweep
+    from flexcli.evaluate.sampling import library_sample_fn
+    from flexcli.metrics.fid import MetricOptions
+
+    ckpt = _pixel_checkpoint(tmp_path)
+    calls = []
+    fn = library_sample_fn(ckpt, 4, steps=6, batch_size=4)
+    sample_fn = lambda *a, **k: calls.append(a)  # noqa: E731
+    sample_fn.check = fn.check
+    opts = MetricOptions(features="tiny-test", kid_subset_size=2, kid_subsets=5, cache_dir=tmp_path / "cache")
+    for cells, problem in (([{"schedule": "6/6", "cfg_scale": 3.0}], "runs 6/6@3 twice"),
+                           ([{"schedule": "2/2"}], "needs a schedule and a cfg_scale"),
+                           ([{"schedule": "2/2", "cfg_scale": 3.0, "solver": "euler"}], "unknown solver 'euler'"),
+                           ([{"schedule": "8/8 of 4", "cfg_scale": 3.0}], "more than the 4 steps")):
+        with pytest.raises(FlexcliError, match=problem):
+            sweep(sample_fn, ["6/6"], [3.0], ref, tmp_path / "out", opts, steps=6, cells=cells)
+    assert calls == [] and not (tmp_path / "out").exists()
