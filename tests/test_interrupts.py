@@ -69,9 +69,14 @@ def _patched_cli(patch: str, *args) -> subprocess.Popen:
 @pytest.mark.parametrize("sig,code,words", [(signal.SIGINT, 130, "interrupted"),
                                              (signal.SIGTERM, 143, "stopped by SIGTERM")])
 @pytest.mark.parametrize("cmd", ["sample", "flexify"])
-def test_signal_while_writing_leaves_nothing(inputs, tmp_path, monkeypatch, cmd, sig, code, words):
+def test_signal_while_writing_leaves_nothing(inputs, tmp_path, monkeypatch, request, cmd, sig, code, words):
     """A real SIGINT / SIGTERM (sent to this process) while the output is being written: one line, exit
     130 / 143, no output, no temporary, no lock."""
+    # a shell starts background jobs (`cmd &`, nohup) with SIGINT ignored, and flexcli then leaves it ignored;
+    # this test needs Python's own SIGINT handler, as in a terminal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+
     def signal_now(*args, **kwargs):
         os.kill(os.getpid(), sig)
         time.sleep(5)  # the handler raises before this ends

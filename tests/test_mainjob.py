@@ -89,7 +89,8 @@ def test_demo_settings_check_the_cells():
     for cell, problem in (({"schedule": "30/15"}, "needs a schedule and a cfg_scale"),
                           ({"schedule": "30/15", "cfg_scale": 5, "solver": "euler"}, "unknown solver 'euler'"),
                           ({"schedule": "30/15", "cfg_scale": 5, "cfg_scale_all_weeak": 8}, "unknown setting"),
-                          ({"schedule": "30/15 of 20", "cfg_scale": 5}, "more than the 20 steps")):
+                          ({"schedule": "30/15 of 20", "cfg_scale": 5}, "more than the 20 steps"),
+                          ({"schedule": "30/15", "cfg_scale": "high"}, "cfg_scale a number")):
         with pytest.raises(FlexcliError, match="cells: ") as e:
             settings(cells=[cell])
         assert problem in e.value.problem

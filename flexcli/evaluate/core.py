@@ -248,8 +248,13 @@ def split_cell(cell: dict, steps: int) -> tuple[str, int, float, dict]:
         raise FlexcliError(f"sweep cell {cell!r} needs a schedule and a cfg_scale",
                            "write e.g. {schedule: 30/15, cfg_scale: 5, guidance: weak, cfg_scale_all_weak: 8}")
     options = {k: v for k, v in cell.items() if k not in ("schedule", "cfg_scale", "steps")}
-    sched, n = split_setting(str(cell["schedule"]), int(cell.get("steps", steps)))
-    return sched, n, float(cell["cfg_scale"]), options
+    try:
+        n, scale = int(cell.get("steps", steps)), float(cell["cfg_scale"])
+    except (TypeError, ValueError):
+        raise FlexcliError(f"sweep cell {cell!r}: steps must be a whole number and cfg_scale a number",
+                           "write e.g. {schedule: 22/11, steps: 38, cfg_scale: 5}") from None
+    sched, n = split_setting(str(cell["schedule"]), n)
+    return sched, n, scale, options
 
 
 def _label(schedule: str, n: int, cfg_scale: float, options: dict, steps: int) -> str:

@@ -21,9 +21,9 @@ from flexcli.errors import FlexcliError
 # with the same guidance scale, in the same sweep; class_accuracy: the share of samples that the feature
 # extractor's classifier assigns to their requested label (when it has one, e.g. --features fmnist).
 COLUMNS = ["label", "steps", "solver", "schedule", "guidance", "cfg_scale", "cfg_scale_all_weak", "compute_fraction",
-           "gflops_per_sample",
-           "latency_s", "latency_ratio", "fid", "class_accuracy", "isc", "isc_std", "kid", "kid_std", "precision",
-           "recall", "clip", "num_samples", "baseline", "baseline_front", "pareto_optimal", "source"]
+           "gflops_per_sample", "latency_s", "latency_ratio", "fid", "class_accuracy", "isc", "isc_std", "kid",
+           "kid_std", "precision", "recall", "clip", "num_samples", "baseline", "baseline_front", "pareto_optimal",
+           "source"]
 EPS = 1e-9
 
 
