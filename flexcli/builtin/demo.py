@@ -70,7 +70,7 @@ QUICK = JobSettings(distill_steps=400, num_samples=100, ref_images=500, steps=20
 
 
 def _validate(job: JobSettings, where: str) -> None:
-    from flexcli.evaluate.core import split_cell, sweep_settings
+    from flexcli.evaluate.core import split_cell
     from flexcli.sampling import resolve_config
 
     counts = ("weak_patch", "distill_steps", "distill_batch", "num_samples", "ref_images", "steps", "batch_size")
@@ -84,7 +84,6 @@ def _validate(job: JobSettings, where: str) -> None:
     for cell in job.cells:  # checked now, not after the distillation
         try:
             sched, n, scale, options = split_cell(cell, job.steps)
-            sweep_settings([f"{sched} of {n}"], job.steps)
             resolve_config({"checkpoint": "-", "out": "-", "steps": n, "schedule": sched, "cfg_scale": scale,
                             **options})
         except FlexcliError as e:

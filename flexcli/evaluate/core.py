@@ -241,7 +241,8 @@ def _finish(res: EvalResult, out: Path, target: float | None) -> EvalResult:
 
 def split_cell(cell: dict, steps: int) -> tuple[str, int, float, dict]:
     """A sweep cell {schedule: 'X' or 'X of N', cfg_scale, [steps], other sample options} -> (schedule, step
-    count, cfg scale, the other options); a one-line error when it lacks the schedule or the scale."""
+    count, cfg scale, the other options); a one-line error when it lacks the schedule or the scale, or when the
+    schedule does not fit its step count."""
     from flexcli.evaluate.runs import split_setting
 
     if not isinstance(cell, dict) or "schedule" not in cell or "cfg_scale" not in cell:
@@ -254,6 +255,7 @@ def split_cell(cell: dict, steps: int) -> tuple[str, int, float, dict]:
         raise FlexcliError(f"sweep cell {cell!r}: steps must be a whole number and cfg_scale a number",
                            "write e.g. {schedule: 22/11, steps: 38, cfg_scale: 5}") from None
     sched, n = split_setting(str(cell["schedule"]), n)
+    sweep_settings([f"{sched} of {n}"], steps)  # counts and segment lengths fit the step count
     return sched, n, scale, options
 
 
@@ -284,8 +286,7 @@ def sweep(sample_fn: SampleFn, schedules: list[str], cfg_scales: list[float], re
     settings = sweep_settings(schedules, steps, baseline_steps)
     grid = [(s, n, c, {}) for s, n in settings for c in cfg_scales]
     extra = [split_cell(cell, steps) for cell in cells or []]
-    for s, n, _, options in extra:
-        sweep_settings([f"{s} of {n}"], steps)  # counts and segment lengths fit the step count
+    for *_, options in extra:
         if hasattr(sample_fn, "check"):
             sample_fn.check(options)
     labels = [_label(s, n, c, options, steps) for s, n, c, options in grid + extra]
