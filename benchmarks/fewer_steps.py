@@ -7,6 +7,10 @@ shipped classifier's feature space (`--features fmnist`) against the first `--re
 and the class accuracy of the shipped classifier, and appends one CSV row. Cells already in the CSV are skipped
 (resumable); several processes may share one CSV (`--shard i/n`, appends under a file lock).
 
+Text-to-image checkpoints (issue #13, `--heldout-prompts`): sample i is prompted with a held-out caption of class
+i % 10 (`flexcli.builtin.demo_t2i.write_prompts`, encoded once by MiniLM), so `class_accuracy` is the demo's text
+alignment (the class the prompt names) and the cells stay paired as above.
+
 Sampling: cells that `flexcli sample` can express (guid cfg or weak; s0 as its `--cfg-scale-all-weak`) run
 through `flexcli.sampling` itself (`sample_latents`); the others (s0 = 1, the `both` mode) run the library's loop
 and denoiser with only those steps replaced (`make_denoiser` here).
@@ -128,15 +132,17 @@ def key_of(row: dict) -> tuple:
     return tuple(str(row[k]) for k in KEY)
 
 
-def sample_config(cell: dict, num_samples: int, batch_size: int):
-    """flexcli sample's settings for a cell (`both` samples with the library's weak guidance plus its own steps)."""
+def sample_config(cell: dict, num_samples: int, batch_size: int, prompt_embeds: Path | None = None):
+    """flexcli sample's settings for a cell (`both` samples with the library's weak guidance plus its own steps):
+    the 10 classes cycled, or with `prompt_embeds` (text-to-image) one prompt per sample."""
     from flexcli.sampling import SampleConfig
 
+    cond = {"class_labels": list(range(10))} if prompt_embeds is None else {"prompt_embeds": str(prompt_embeds)}
     return SampleConfig(num_samples=num_samples, steps=int(cell["steps"]), solver=cell["solver"],
                         cfg_scale=float(cell["s1"]), cfg_scale_weak=cell["_s2"], cfg_scale_all_weak=_all_weak(cell),
                         guidance="weak" if cell["guid"] in ("weak", "both") else "cfg",
-                        class_labels=list(range(10)), seed=int(cell["seed"]) * 1_000_000, schedule=cell["sched"],
-                        batch_size=batch_size, merge_lora=True, dtype="float32")
+                        seed=int(cell["seed"]) * 1_000_000, schedule=cell["sched"],
+                        batch_size=batch_size, merge_lora=True, dtype="float32", **cond)
 
 
 def _all_weak(cell: dict) -> float | None:
@@ -220,14 +226,14 @@ def own_latents(model, cfg, plan, guid: str, s0: float, weak, device="cpu"):
     return torch.cat(out)
 
 
-def run_cell(model, cell: dict, num_samples: int, batch_size: int, sampler=None):
-    """(uint8 NHWC images, labels, compute_same_steps, compute) for one cell. `sampler` runs the forward passes
-    (e.g. a torch.compile'd `model`); the plan and costs come from `model`."""
+def run_cell(model, cell: dict, num_samples: int, batch_size: int, sampler=None, prompt_embeds: Path | None = None):
+    """(uint8 NHWC images, labels (None with prompts), compute_same_steps, compute) for one cell. `sampler` runs the
+    forward passes (e.g. a torch.compile'd `model`); the plan and costs come from `model`."""
     from flexcli.io.samples import to_uint8
     from flexcli.sampling import make_plan, sample_latents
 
     sampler = sampler if sampler is not None else model
-    cfg = sample_config(cell, num_samples, batch_size)
+    cfg = sample_config(cell, num_samples, batch_size, prompt_embeds)
     plan = make_plan(cfg, model)
     costs, base = step_costs(model, plan.schedule, cell["guid"], plan.guided, cell["_s0"])
     if cell["guid"] != "both" and cell["_s0"] != 1:
@@ -285,6 +291,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shard", default="0/1", help="i/n: run every n-th cell starting at i")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--list", action="store_true", help="print the cells and their compute, run nothing")
+    ap.add_argument("--heldout-prompts", action="store_true",
+                    help="text-to-image checkpoints: sample i gets a held-out caption of class i %% 10 (issue #13)")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the denoiser (about 1.3x on a CPU; outputs differ from eager by ~1e-6)")
     a = ap.parse_args(argv)
@@ -319,10 +327,18 @@ def main(argv=None) -> int:
             cells.append(canonical(c, a.num_samples))
     from flexcli.sampling import make_plan
 
+    a.work.mkdir(parents=True, exist_ok=True)
+    prompts, prompt_labels = None, None
+    if a.heldout_prompts:
+        from flexcli.builtin.demo_t2i import write_prompts
+
+        text_length = model_for(cells[0]["ckpt"]).text_length
+        prompts = a.work / f"prompts{a.num_samples}_len{text_length}.safetensors"
+        prompts, prompt_labels = write_prompts(prompts, a.num_samples, text_length, a.work / "cache")
     seen, todo = set(), []
     for c in cells:
         m = model_for(c["ckpt"])
-        plan = make_plan(sample_config(c, 1, 1), m)
+        plan = make_plan(sample_config(c, 1, 1, prompts), m)
         c = finish_key(c, plan.schedule, weak_of(m))
         if key_of(c) not in seen:
             seen.add(key_of(c))
@@ -332,7 +348,7 @@ def main(argv=None) -> int:
     if a.list:
         for c in todo:
             m = model_for(c["ckpt"])
-            plan = make_plan(sample_config(c, 1, 1), m)
+            plan = make_plan(sample_config(c, 1, 1, prompts), m)
             costs, base = step_costs(m, plan.schedule, c["guid"], plan.guided, c["_s0"])
             print(f"{sum(costs) / (base * BASE_STEPS):.4f}  " + " ".join(f"{k}={c[k]}" for k in KEY))
         return 0
@@ -340,7 +356,6 @@ def main(argv=None) -> int:
     from fmnist_claims import _init_worker, score
     from flexcli.builtin.demo import write_reference
 
-    a.work.mkdir(parents=True, exist_ok=True)
     ref = a.work / f"ref{a.ref_images}.npz"
     if not ref.exists():
         write_reference(ref.with_suffix(".tmp.npz"), a.ref_images).replace(ref)
@@ -353,8 +368,8 @@ def main(argv=None) -> int:
             continue
         start = time.perf_counter()
         images, labels, same, compute = run_cell(model_for(c["ckpt"]), c, a.num_samples, a.batch_size,
-                                                 sampler=sampler_for(c["ckpt"]))
-        m = score(images, labels)
+                                                 sampler=sampler_for(c["ckpt"]), prompt_embeds=prompts)
+        m = score(images, labels if prompt_labels is None else prompt_labels)
         row = {k: c[k] for k in KEY}
         row.update(compute=round(compute, 6), compute_same_steps=round(same, 6),
                    **{k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in m.items()},

@@ -6,6 +6,7 @@ data_limit 4096, seed 0)` on the shipped base flexified with `-p 8`. Variants ch
     python benchmarks/fewer_steps_distill.py --out DIR                                  # the demo's settings
     python benchmarks/fewer_steps_distill.py --out DIR --steps 4000                     # 4x longer
     python benchmarks/fewer_steps_distill.py --out DIR --timesteps high --t-bias-power 1.5   # biased to large t
+    python benchmarks/fewer_steps_distill.py --out DIR --family t2i        # `flexcli demo --family t2i`'s (#13)
 
 Writes DIR/flex.safetensors (flexified, undistilled), DIR/distill/ (the run folder with distilled.safetensors,
 loss.csv) and DIR/distill.json (the resolved config, final loss, losses every 50 steps).
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-limit", type=int, default=4096, help="the demo's 4096; 0 = all 60000 train images")
     ap.add_argument("--timesteps", default="uniform", choices=["uniform", "low", "high"])
     ap.add_argument("--t-bias-power", type=float, default=2.0)
+    ap.add_argument("--family", default="dit", choices=["dit", "t2i"],
+                    help="dit: the shipped DiT-FMNIST/4 on Fashion-MNIST; t2i: PixArt-FMNIST/4 on its captions")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--snapshot-every", type=int, default=0,
@@ -44,13 +47,15 @@ def main(argv=None) -> int:
     import torch
 
     from flexcli.api import flexify_checkpoint
-    from flexcli.builtin.demo import BASE, distill_config
+    from flexcli.builtin import demo, demo_t2i
     from flexcli.train import distill
 
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
-    flex, _, _ = flexify_checkpoint(BASE, [8], a.out / "flex.safetensors", force=True)
-    cfg = distill_config(a.steps, a.batch, a.lr, data_limit=a.data_limit or None, seed=a.seed, where="fewer_steps")
+    base, data = (demo.BASE, "fashion-mnist") if a.family == "dit" else (demo_t2i.BASE, demo_t2i.DATA)
+    flex, _, _ = flexify_checkpoint(base, [8], a.out / "flex.safetensors", force=True)
+    cfg = demo.distill_config(a.steps, a.batch, a.lr, data_limit=a.data_limit or None, seed=a.seed,
+                              where="fewer_steps", data=data)
     cfg = dataclasses.replace(cfg, timesteps=a.timesteps, t_bias_power=a.t_bias_power,
                               ckpt_every=a.snapshot_every or cfg.ckpt_every)
     t0 = time.perf_counter()

@@ -171,3 +171,67 @@ def test_fewer_steps_report_verdicts(monkeypatch):
     assert "FID is 26.0 % lower and its accuracy -8.0 points" in text
     assert [t["kind"] for t in table] == ["fewer steps", "flex"] and table[1]["r"].steps == 38
     assert rep.lower(-9.06) == "9.1 % higher" and rep.lower(0.0) == "0.0 % lower"
+
+
+# ---------------------------------------------------------------------------------------------- #13: text-to-image
+def test_fewer_steps_samples_the_t2i_default_with_heldout_prompts(tmp_path, monkeypatch):
+    """`--heldout-prompts`: a PixArt cell is sampled with one held-out caption per sample (sample i names class
+    i % 10) and its row's class_accuracy is the shipped classifier's alignment with those captions."""
+    from flexcli.api import flexify_checkpoint, load_model
+    from flexcli.builtin import classifier
+    from flexcli.builtin.demo_t2i import write_prompts
+    from flexcli.io.checkpoint import save_checkpoint
+    from flexcli.models.pixart import random_pixart
+    from flexcli.models.pixart_config import named_pixart_config
+
+    if not classifier.DEFAULT_WEIGHTS.exists():
+        pytest.skip("shipped classifier missing")
+    base = save_checkpoint(random_pixart(named_pixart_config("PixArt-FMNIST/4", num_layers=1), seed=0, std=0.02),
+                           tmp_path / "base.safetensors")
+    flex, _, _ = flexify_checkpoint(base, [8], tmp_path / "flex.safetensors", force=True)
+    fs = _load("fewer_steps", monkeypatch)
+    out, work = tmp_path / "t2i.csv", tmp_path / "work"
+    grid = "ckpt=t;solver=ddpm;steps=2;sched=1/1;guid=cfg;s1=3"
+    assert fs.main(["--ckpt", f"t={flex}", "--csv", str(out), "--num-samples", "10", "--ref-images", "40",
+                    "--batch-size", "10", "--heldout-prompts", "--work", str(work), "--grid", grid]) == 0
+    row, = fs.read_rows(out)
+    model = load_model(flex, merge_lora=True).eval()
+    embeds, labels = write_prompts(tmp_path / "p.safetensors", 10, model.text_length, work / "cache")
+    assert labels == [i % 10 for i in range(10)]
+    from flexcli.sampling import make_plan
+
+    c = fs.canonical(fs.parse_grid(grid)[0], 10)
+    c = fs.finish_key(c, make_plan(fs.sample_config(c, 1, 1, embeds), model).schedule, fs.weak_of(model))
+    images, no_labels, _, compute = fs.run_cell(model, c, 10, 10, prompt_embeds=embeds)
+    assert no_labels is None and float(row["compute"]) == pytest.approx(compute, abs=1e-6)
+    acc = classifier.class_accuracy(torch.from_numpy(images), labels)["accuracy"]
+    assert float(row["class_accuracy"]) == pytest.approx(acc)
+
+
+def test_t2i_claims_report_verdicts(monkeypatch, tmp_path):
+    """#13's verdicts: the fixed-CFG match at <= 60 %, the best scales, and flex against PI-only, weak-last and
+    fewer steps, each at its lowest-FID scale."""
+    import pandas as pd
+
+    rep = _load("t2i_claims_report", monkeypatch)
+    rows = []
+    for seed in (0, 1):
+        for ckpt, steps, sched, s1, compute, fid, acc in (
+                ("d", 50, "50/50", "2", 1.0, 70.0, 0.88), ("d", 50, "50/50", "4.5", 1.0, 120.0, 0.90),
+                ("d", 50, "22/22", "3", 0.593, 85.0, 0.85), ("d", 50, "22/22", "6", 0.593, 122.0, 0.895),
+                ("p", 50, "22/22", "3", 0.593, 150.0, 0.70),
+                ("d", 50, "4:22,8:28/4:22,8:28", "3", 0.593, 95.0, 0.86),
+                ("d", 30, "30/30", "2", 0.6, 80.0, 0.87)):
+            rows.append(dict(ckpt=ckpt, solver="ddpm", steps=steps, sched=sched, guid="cfg", s1=s1, s2="", s0="",
+                             seed=seed, num_samples=2000, compute=compute, fid=fid + seed, class_accuracy=acc,
+                             precision=0.6, recall=0.5, ref_images=10000))
+    csv_path = tmp_path / "final.csv"
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    assert rep.main([str(csv_path), "--out", str(tmp_path), "--budgets", "0.60"]) == 0
+    text = (tmp_path / "claims.md").read_text()
+    assert "Fixed CFG 4.5, a weak-first schedule (<= 60 % compute, FID <= 126.5, alignment >= 89.0 %): REACHED.**" \
+        in text
+    assert "The cheapest match: 50 ddpm steps, schedule 22/22 (cfg s1 6; d)" in text
+    assert "HOLDS.** Flex's lowest FID is at s1 3" in text and "the baseline's at s1 2" in text
+    assert "Flex beats PI-only: FID 43.2 % lower" in text and "Flex beats weak-last: FID 10.5 % lower" in text
+    assert "Flex does NOT beat fewer steps: FID 6.2 % higher, alignment -2.0 points" in text

@@ -104,7 +104,8 @@ def tiny_base(tmp_path):
 def test_demo_t2i_end_to_end_tiny(tiny_base, tmp_path):
     recipe = tmp_path / "job.yaml"
     recipe.write_text("distill_steps: 2\ndistill_batch: 8\nnum_samples: 10\nref_images: 40\nsteps: 4\n"
-                      "schedules: [4/4, 2/2]\ncfg_scales: [3.0, 4.5]\nbatch_size: 10\n")
+                      "schedules: [4/4, 2/2]\ncfg_scales: [3.0, 4.5]\nbatch_size: 10\nbaseline_steps: [2]\n"
+                      "cells: [{schedule: 3/1, cfg_scale: 6, guidance: weak}]\n")
     out = tmp_path / "out"
     res = runner.invoke(app, ["demo", "--family", "t2i", "--base", str(tiny_base), "--recipe", str(recipe),
                               "--out", str(out)])
@@ -116,10 +117,11 @@ def test_demo_t2i_end_to_end_tiny(tiny_base, tmp_path):
     import pandas as pd
 
     rows = pd.read_csv(out / "pareto.csv")
-    assert len(rows) == 4 and rows["alignment"].between(0, 100).all()
+    assert len(rows) == 7 and rows["alignment"].between(0, 100).all()  # 3 settings x 2 scales + the cell
     assert sorted(rows["compute_fraction"].round(6).unique())[-1] == 1.0
     table = pd.read_csv(out / "t2i_match_alignment.csv")
     assert table["role"].iloc[0] == "baseline" and table["cfg_scale"].iloc[0] == 4.5
+    assert sorted(table["schedule"].tolist()[1:]) == ["2/2", "2/2 of 2", "3/1 [guidance weak]"]
     assert json.loads((out / "job.json").read_text())["settings"]["num_samples"] == 10
     assert "class acc" in (out / "summary.txt").read_text()
 
@@ -132,3 +134,21 @@ def test_demo_t2i_bad_family_and_clip_weights_are_one_line(tmp_path):
     res = runner.invoke(app, ["demo", "--family", "t2i", "--clip-weights", str(tmp_path / "w.pt"),
                               "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_match_table_keeps_settings_with_one_schedule_apart():
+    """The fewer-steps baseline and a cell with its own options share a schedule string with other rows, yet
+    each is its own setting (Fig. 7 middle), shown at its own best scale."""
+    from flexcli.evaluate.t2i import MatchOptions, match_table
+
+    def row(label, schedule, cfg, frac, fid, align):
+        return {"label": label, "schedule": schedule, "cfg_scale": cfg, "compute_fraction": frac, "fid": fid,
+                "alignment": align}
+    rows = [row("50/50@4.5", "50/50", 4.5, 1.0, 100.0, 90.0),
+            row("22/22@3", "22/22", 3.0, 0.59, 90.0, 85.0), row("22/22@6", "22/22", 6.0, 0.59, 104.0, 89.5),
+            row("22/22@6 [guidance weak]", "22/22", 6.0, 0.59, 80.0, 92.0),
+            row("30/30 of 30@3", "30/30", 3.0, 0.6, 120.0, 91.0)]
+    table = match_table(rows, MatchOptions(baseline_cfg=4.5, fid_tol=0.05, clip_tol=1.0, score="alignment"))
+    got = {r["schedule"]: (r["cfg_scale"], r["matches"], r["cheapest_match"]) for r in table[1:]}
+    assert got == {"22/22": (6.0, True, False), "22/22 [guidance weak]": (6.0, True, True),
+                   "30/30 of 30": (3.0, False, False)}

@@ -70,26 +70,32 @@ QUICK = JobSettings(distill_steps=400, num_samples=100, ref_images=500, steps=20
 
 
 def _validate(job: JobSettings, where: str) -> None:
-    from flexcli.evaluate.core import split_cell
-    from flexcli.sampling import resolve_config
-
     counts = ("weak_patch", "distill_steps", "distill_batch", "num_samples", "ref_images", "steps", "batch_size")
     bad = [k for k in counts if getattr(job, k) < 1] + (["distill_lr"] if job.distill_lr <= 0 else [])
     bad += ["compare_compute"] if not 0 < job.compare_compute <= 1 else []
     if bad:
         raise FlexcliError(f"{where}: {bad[0]} must be positive", f"give {bad[0]} a positive value")
-    if not all(1 <= n <= job.steps for n in job.baseline_steps):
-        raise FlexcliError(f"{where}: baseline_steps {job.baseline_steps} must lie in 1..steps ({job.steps})",
+    check_sweep_extras(job.baseline_steps, job.cells, job.steps, where)
+    if not job.schedules or not job.cfg_scales:
+        raise FlexcliError(f"{where}: schedules and cfg_scales must not be empty", "e.g. schedules: [50/50, 30/30]")
+
+
+def check_sweep_extras(baseline_steps: list[int], cells: list[dict], steps: int, where: str) -> None:
+    """The fewer-steps baseline's step counts and the single cells of a demo's sweep, checked when its settings
+    resolve (not after the distillation)."""
+    from flexcli.evaluate.core import split_cell
+    from flexcli.sampling import resolve_config
+
+    if not all(1 <= n <= steps for n in baseline_steps):
+        raise FlexcliError(f"{where}: baseline_steps {baseline_steps} must lie in 1..steps ({steps})",
                            "the fewer-steps baseline runs fewer steps than `steps`, e.g. baseline_steps: [30, 20]")
-    for cell in job.cells:  # checked now, not after the distillation
+    for cell in cells:
         try:
-            sched, n, scale, options = split_cell(cell, job.steps)
+            sched, n, scale, options = split_cell(cell, steps)
             resolve_config({"checkpoint": "-", "out": "-", "steps": n, "schedule": sched, "cfg_scale": scale,
                             **options})
         except FlexcliError as e:
             raise FlexcliError(f"{where}: cells: {e.problem.removeprefix('command line: ')}", e.fix) from None
-    if not job.schedules or not job.cfg_scales:
-        raise FlexcliError(f"{where}: schedules and cfg_scales must not be empty", "e.g. schedules: [50/50, 30/30]")
 
 
 def settings(quick: bool = False, recipe: str | Path | None = None, **overrides) -> JobSettings:

@@ -3,7 +3,8 @@ claim (§4.2, Fig. 7) end to end on captioned Fashion-MNIST with the real all-Mi
 
 1. flexify the shipped base (`PixArt-FMNIST/4`, 64 tokens) with the weak patch 8 (16 tokens, LoRA mode);
 2. distil the weak mode from the powerful one (§3.2) on captioned Fashion-MNIST (`fashion-mnist-captions`);
-3. sweep weak-first schedules x guidance scales over held-out prompts (templates never seen in training, one
+3. sweep weak-first schedules x guidance scales, plus single `cells` (weak guidance, the fewer-steps baseline with
+   DPM-Solver++), over held-out prompts (templates never seen in training, one
    class each, balanced; encoded once), the same seeds and prompts in every cell, scored against the
    Fashion-MNIST test split in the shipped classifier's feature space (`--features fmnist`: FID/KID/
    precision/recall) and for text alignment: the classifier's accuracy on the class the prompt names
@@ -25,8 +26,8 @@ from pathlib import Path
 
 from flexcli import config
 from flexcli.builtin import classifier
-from flexcli.builtin.demo import (CONFIG_NAME, Progress, distill_config, fresh_folder, metric_options,
-                                  write_reference)
+from flexcli.builtin.demo import (CONFIG_NAME, Progress, check_sweep_extras, distill_config, fresh_folder,
+                                  metric_options, write_reference)
 from flexcli.errors import FlexcliError
 
 BASE = Path(__file__).resolve().parents[1] / "assets" / "fashion_mnist_pixart" / "model.safetensors"
@@ -43,9 +44,18 @@ class T2IJobSettings:
     ref_images: int = 2000
     steps: int = 50
     solver: str = "ddpm"
-    # ~100 / 85 / 59 % compute with merged LoRAs (exact fractions in pareto.csv)
-    schedules: list[str] = field(default_factory=lambda: ["50/50", "40/40", "23/23"])
-    cfg_scales: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.5, 6.0])  # a subset of App. B.5's grid
+    # 100 / 59.3 % compute with merged LoRAs (exact fractions in pareto.csv)
+    schedules: list[str] = field(default_factory=lambda: ["50/50", "22/22"])
+    cfg_scales: list[float] = field(default_factory=lambda: [3.0, 4.5])  # a subset of App. B.5's grid
+    baseline_steps: list[int] = field(default_factory=list)  # the fewer-steps baseline: all-powerful at these counts
+    # single settings with their own sample options (flexcli.evaluate.core.split_cell), from the 400-sample screen
+    # of benchmarks/results/t2i: the baseline at its lowest-FID scale, flex with weak guidance (57.9 %) and fewer
+    # steps with DPM-Solver++ (60 %), the strongest alternative there
+    cells: list[dict] = field(default_factory=lambda: [
+        {"schedule": "50/50", "cfg_scale": 2.0},
+        {"schedule": "28/14", "cfg_scale": 3.0, "guidance": "weak"},
+        {"schedule": "28/14", "cfg_scale": 4.5, "guidance": "weak"},
+        {"schedule": "30/30 of 30", "cfg_scale": 3.0, "solver": "dpm++2m"}])
     baseline_cfg: float = 4.5  # Fig. 7 (middle): the baseline's fixed scale (PixArt's default)
     fid_tol: float = 0.05  # a match: FID <= baseline x (1 + fid_tol) ...
     alignment_tol: float = 1.0  # ... and alignment >= baseline - alignment_tol (points)
@@ -58,7 +68,9 @@ class T2IJobSettings:
 
 
 QUICK = T2IJobSettings(distill_steps=400, num_samples=100, ref_images=500, steps=20, schedules=["20/20", "10/10"],
-                       cfg_scales=[3.0, 4.5])
+                       cfg_scales=[3.0, 4.5],
+                       cells=[{"schedule": "12/6", "cfg_scale": 3.0, "guidance": "weak"},
+                              {"schedule": "12/12 of 12", "cfg_scale": 3.0, "solver": "dpm++2m"}])
 
 
 def _validate(job: T2IJobSettings, where: str) -> None:
@@ -66,6 +78,7 @@ def _validate(job: T2IJobSettings, where: str) -> None:
     bad = [k for k in counts if getattr(job, k) < 1] + (["distill_lr"] if job.distill_lr <= 0 else [])
     if bad:
         raise FlexcliError(f"{where}: {bad[0]} must be positive", f"give {bad[0]} a positive value")
+    check_sweep_extras(job.baseline_steps, job.cells, job.steps, where)
     if not job.schedules or not job.cfg_scales:
         raise FlexcliError(f"{where}: schedules and cfg_scales must not be empty", "e.g. schedules: [50/50, 23/23]")
     if job.clip_weights is not None and not Path(job.clip_weights).is_file():
@@ -164,7 +177,7 @@ def run_t2i_job(out: str | Path, *, quick: bool = False, base: str | Path | None
 def _sweep(checkpoint: Path, job: T2IJobSettings, ref: Path, out: Path, work: Path, progress: Progress):
     """Sample and score every (schedule, guidance scale): (pareto rows with alignment, files, notes)."""
     from flexcli.api import load_model
-    from flexcli.evaluate.core import ClipOptions, sweep
+    from flexcli.evaluate.core import ClipOptions, sweep, sweep_settings
     from flexcli.evaluate.pareto import read_pareto_csv, write_pareto_csv
     from flexcli.evaluate.plots import plot_pareto_csv
     from flexcli.evaluate.sampling import library_sample_fn
@@ -174,7 +187,8 @@ def _sweep(checkpoint: Path, job: T2IJobSettings, ref: Path, out: Path, work: Pa
     text_length = load_model(checkpoint).text_length
     embeds, _ = write_prompts(work / "prompts.safetensors", job.num_samples, text_length, work / "cache")
     progress("prompts", 1, 1)
-    n_settings = len(job.schedules) * len(job.cfg_scales)
+    grid = sweep_settings(job.schedules, job.steps, job.baseline_steps)
+    n_settings = len(grid) * len(job.cfg_scales) + len(job.cells)
     done = {"n": 0}
 
     def on_sweep(message: str) -> None:
@@ -191,7 +205,8 @@ def _sweep(checkpoint: Path, job: T2IJobSettings, ref: Path, out: Path, work: Pa
         clip = ClipOptions(weights=Path(job.clip_weights), model=job.clip_model,
                            match=MatchOptions(baseline_cfg=job.baseline_cfg, fid_tol=job.fid_tol))
     ev = sweep(fn, job.schedules, job.cfg_scales, ref, out / "sweep", metric_options(job.num_samples, work / "cache"),
-               clip=clip, ckpt=checkpoint, steps=job.steps, num_samples=job.num_samples, progress=on_sweep)
+               clip=clip, ckpt=checkpoint, steps=job.steps, baseline_steps=job.baseline_steps, cells=job.cells,
+               num_samples=job.num_samples, progress=on_sweep)
     progress("sample", n_settings, n_settings)
     for r in ev.rows:
         r["alignment"], r["class_accuracy"] = alignment(Path(r["source"]))

@@ -7,7 +7,8 @@ Fig. 7 (middle) table.
   PixArt, 6.0 for Emu). A schedule matches it at some CFG scale when its FID is at most the baseline's times
   (1 + fid_tol) and its CLIP score at least the baseline's minus clip_tol (CLIP points). Each schedule is shown
   at its best matching CFG scale (lowest FID among its matches; its lowest-FID scale when none matches), and
-  the cheapest matching schedule is marked.
+  the cheapest matching schedule is marked. A "schedule" here is a sweep setting without its scale: the fewer-steps
+  baseline ('30/30 of 30') and single cells ('28/14 [guidance weak]') are settings of their own.
 * The text-alignment score is CLIP by default; `MatchOptions.score` names another column of the rows (the
   built-in default's `alignment`: the classifier's accuracy on the class the prompt names, in points), with its
   tolerance `clip_tol` in that score's points. Its table and plot are `t2i_match_<score>.csv` and
@@ -47,6 +48,16 @@ def _num(v) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def _setting(r: dict) -> str:
+    """A row's setting without its CFG scale: its sweep label less '@scale' ('30/30 of 30', '28/14 [guidance
+    weak]'), or its schedule."""
+    label = r.get("label")
+    if not isinstance(label, str) or "@" not in label:
+        return r.get("schedule")
+    head, _, tail = label.partition("@")
+    return head + (tail[tail.index(" "):] if " " in tail else "")
+
+
 def _is_baseline(r: dict) -> bool:
     frac = _num(r.get("compute_fraction"))
     return frac is not None and abs(frac - 1.0) < 1e-9
@@ -66,9 +77,9 @@ def match_table(rows: list[dict], opts: MatchOptions) -> list[dict] | None:
     out = [{"role": "baseline", "schedule": b.get("schedule"), "cfg_scale": float(b["cfg_scale"]),
             "compute_fraction": 1.0, "fid": float(b["fid"]), key: float(b[key]), "matches": True,
             "cheapest_match": False}]
-    schedules = dict.fromkeys(r.get("schedule") for r in scored if not _is_baseline(r))
+    schedules = dict.fromkeys(_setting(r) for r in scored if not _is_baseline(r))
     for s in schedules:
-        own = [r for r in scored if r.get("schedule") == s and not _is_baseline(r)]
+        own = [r for r in scored if _setting(r) == s and not _is_baseline(r)]
         ok = [r for r in own if float(r["fid"]) <= fid_max and float(r[key]) >= clip_min]
         best = min(ok or own, key=lambda r: (float(r["fid"]), -float(r[key])))
         out.append({"role": "schedule", "schedule": s, "cfg_scale": float(best["cfg_scale"]),
@@ -114,10 +125,10 @@ def _plot(rows: list[dict], table: list[dict], path: Path, key: str = "clip", la
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     scored = [r for r in rows if _num(r.get("fid")) is not None and _num(r.get(key)) is not None]
-    groups = dict.fromkeys((r.get("schedule"), _is_baseline(r)) for r in scored)
+    groups = dict.fromkeys((_setting(r), _is_baseline(r)) for r in scored)
     cmap = plt.get_cmap("viridis")
     for i, (s, base) in enumerate(groups):
-        g = sorted((r for r in scored if r.get("schedule") == s and _is_baseline(r) == base),
+        g = sorted((r for r in scored if _setting(r) == s and _is_baseline(r) == base),
                    key=lambda r: float(r["cfg_scale"]))
         frac = _num(g[0].get("compute_fraction"))
         name = f"{'baseline' if base else s} ({100 * frac:.0f}% compute)" if frac is not None else str(s)
