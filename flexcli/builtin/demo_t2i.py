@@ -3,9 +3,9 @@ claim (§4.2, Fig. 7) end to end on captioned Fashion-MNIST with the real all-Mi
 
 1. flexify the shipped base (`PixArt-FMNIST/4`, 64 tokens) with the weak patch 8 (16 tokens, LoRA mode);
 2. distil the weak mode from the powerful one (§3.2) on captioned Fashion-MNIST (`fashion-mnist-captions`);
-3. sweep weak-first schedules x guidance scales, plus single `cells` (weak guidance, the fewer-steps baseline with
-   DPM-Solver++), over held-out prompts (templates never seen in training, one
-   class each, balanced; encoded once), the same seeds and prompts in every cell, scored against the
+3. sweep weak-first schedules x guidance scales, plus single `cells` (weak guidance, the fewer-steps baseline
+   with DPM-Solver++), over held-out prompts (templates never seen in training, one class each, balanced;
+   encoded once), the same seeds and prompts in every cell, scored against the
    Fashion-MNIST test split in the shipped classifier's feature space (`--features fmnist`: FID/KID/
    precision/recall) and for text alignment: the classifier's accuracy on the class the prompt names
    (`alignment`, in points; a CLIP-score stand-in that needs no downloaded weights). With `clip_weights`
@@ -80,7 +80,7 @@ def _validate(job: T2IJobSettings, where: str) -> None:
         raise FlexcliError(f"{where}: {bad[0]} must be positive", f"give {bad[0]} a positive value")
     check_sweep_extras(job.baseline_steps, job.cells, job.steps, where)
     if not job.schedules or not job.cfg_scales:
-        raise FlexcliError(f"{where}: schedules and cfg_scales must not be empty", "e.g. schedules: [50/50, 23/23]")
+        raise FlexcliError(f"{where}: schedules and cfg_scales must not be empty", "e.g. schedules: [50/50, 22/22]")
     if job.clip_weights is not None and not Path(job.clip_weights).is_file():
         raise FlexcliError(f"--clip-weights {job.clip_weights} not found", "pass a local open-clip weights file")
 
@@ -175,7 +175,8 @@ def run_t2i_job(out: str | Path, *, quick: bool = False, base: str | Path | None
 
 
 def _sweep(checkpoint: Path, job: T2IJobSettings, ref: Path, out: Path, work: Path, progress: Progress):
-    """Sample and score every (schedule, guidance scale): (pareto rows with alignment, files, notes)."""
+    """Sample and score every (schedule, guidance scale) and every cell: (pareto rows with alignment, files,
+    notes)."""
     from flexcli.api import load_model
     from flexcli.evaluate.core import ClipOptions, sweep, sweep_settings
     from flexcli.evaluate.pareto import read_pareto_csv, write_pareto_csv
