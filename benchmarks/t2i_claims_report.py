@@ -36,8 +36,9 @@ def kind_of(r, pi_ckpt: str) -> str:
         return "baseline" if int(r.steps) == BASE_STEPS else "fewer steps"
     if r.ckpt == pi_ckpt:
         return "PI-only"
-    first = str(r.sched).split("/")[0].split(",")[0]
-    return "weak-last" if ":" in first and first.split(":")[0] == "4" else "flex"
+    segments = [seg.split(":")[0] for seg in str(r.sched).split("/")[0].split(",")]
+    weak_last = ":" in str(r.sched) and int(segments[0]) < int(segments[-1])  # starts at the smaller, powerful patch
+    return "weak-last" if weak_last else "flex"
 
 
 def nums(r) -> str:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from flexcli.errors import FlexcliError
 from flexcli.evaluate.pareto import pick_budget, read_pareto_csv, write_pareto_csv
-from flexcli.evaluate.runs import SampleSet, latency_ratios, resolve_samples, schedule_dirname
+from flexcli.evaluate.runs import SampleSet, latency_ratios, resolve_samples, schedule_dirname, setting_label
 from flexcli.evaluate.t2i import MatchOptions, write_match_table
 from flexcli.io.atomic import atomic_dir, check_output
 from flexcli.metrics.fid import (MetricOptions, check_options, compute_metrics, feature_spec, file_sha256,
@@ -259,12 +259,6 @@ def split_cell(cell: dict, steps: int) -> tuple[str, int, float, dict]:
     return sched, n, scale, options
 
 
-def _label(schedule: str, n: int, cfg_scale: float, options: dict, steps: int) -> str:
-    """A sweep row's label: '23/23@2.5', '30/30 of 30@2.5', '30/15@5 [guidance weak, cfg_scale_all_weak 8]'."""
-    more = f" [{', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}' for k, v in options.items())}]"
-    return f"{schedule}{'' if n == steps else f' of {n}'}@{cfg_scale:g}{more if options else ''}"
-
-
 def sweep(sample_fn: SampleFn, schedules: list[str], cfg_scales: list[float], ref: Path, out: Path,
           opts: MetricOptions, *, clip: ClipOptions | None = None, ckpt: Path | None = None, steps: int = 250,
           baseline_steps: list[int] | None = None, cells: list[dict] | None = None,
@@ -289,7 +283,7 @@ def sweep(sample_fn: SampleFn, schedules: list[str], cfg_scales: list[float], re
     for *_, options in extra:
         if hasattr(sample_fn, "check"):
             sample_fn.check(options)
-    labels = [_label(s, n, c, options, steps) for s, n, c, options in grid + extra]
+    labels = [setting_label(s, n, c, options, steps) for s, n, c, options in grid + extra]
     if len(set(labels)) < len(labels):
         twice = next(x for x in labels if labels.count(x) > 1)
         raise FlexcliError(f"the sweep runs {twice} twice", "drop the sweep cell that repeats a schedule x scale")

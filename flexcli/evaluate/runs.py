@@ -187,6 +187,18 @@ def schedule_dirname(schedule: str, cfg_scale: float, steps: int | None = None, 
     return name if steps is None else f"n{steps}_{name}"
 
 
+def setting_label(schedule: str, n: int, cfg_scale: float, options: dict, steps: int) -> str:
+    """A sweep row's label: '23/23@2.5', '30/30 of 30@2.5', '30/15@5 [guidance weak, cfg_scale_all_weak 8]'."""
+    more = f" [{', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}' for k, v in options.items())}]"
+    return f"{schedule}{'' if n == steps else f' of {n}'}@{cfg_scale:g}{more if options else ''}"
+
+
+def label_setting(label: str) -> str:
+    """`setting_label`'s label without its scale: '30/30 of 30', '28/14 [guidance weak]'."""
+    head, _, tail = label.partition("@")
+    return head + (tail[tail.index(" "):] if " " in tail else "")
+
+
 def parse_list(text: str, kind, flag: str) -> list:
     """'250/250,130/130' or '1.5,2,4' -> a list; a one-line error naming the flag otherwise."""
     items = [t.strip() for t in text.split(",") if t.strip()]

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from flexcli.evaluate.runs import label_setting
+
 CFG_GRIDS = {
     "t2i": [1.0, 1.125, 1.25, 1.375, 1.5, 1.625, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5,
             7.0, 7.5, 8.0, 8.5],
@@ -52,10 +54,7 @@ def _setting(r: dict) -> str:
     """A row's setting without its CFG scale: its sweep label less '@scale' ('30/30 of 30', '28/14 [guidance
     weak]'), or its schedule."""
     label = r.get("label")
-    if not isinstance(label, str) or "@" not in label:
-        return r.get("schedule")
-    head, _, tail = label.partition("@")
-    return head + (tail[tail.index(" "):] if " " in tail else "")
+    return label_setting(label) if isinstance(label, str) and "@" in label else r.get("schedule")
 
 
 def _is_baseline(r: dict) -> bool:
