@@ -17,6 +17,13 @@ reference, e.g. issue #7's table:
 
     python benchmarks/sample_schedules.py --checkpoint CKPT --merge-lora --steps 50 --num-samples 100 \
         --schedules 50/50,40/40,30/30,23/23,20/20,10/10,0/0,30/15 --weak-guidance 30/15 --threads 2 --out OUT.csv
+
+Text-conditional checkpoints (PixArt, Wan) take `--prompt`, encoded once by the packaged all-MiniLM-L6-v2; a video
+checkpoint flexified with both weak modes times segment schedules (issue #15's wall time vs FLOPs):
+
+    python benchmarks/sample_schedules.py --checkpoint FLEX_BOTH --merge-lora --solver flow-unipc --steps 20 \
+        --num-samples 50 --prompt "a photo of a sneaker" --threads 2 --out benchmarks/results/video/latency_cpu.csv \
+        --schedules "1x4x4:20;2x4x4:10,1x4x4:10;2x4x4:20;1x8x8:10,1x4x4:10;1x8x8:20"
 """
 from __future__ import annotations
 
@@ -54,6 +61,8 @@ def main(argv=None) -> Path:
     ap.add_argument("--solver", default="ddpm")
     ap.add_argument("--num-samples", type=int, default=4, help="one batch; CFG doubles it")
     ap.add_argument("--packing", default="separate")
+    ap.add_argument("--prompt", default=None, help="text-conditional checkpoints: the prompt of every sample "
+                    "(encoded by the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
@@ -81,7 +90,8 @@ def main(argv=None) -> Path:
     model.to(device).eval()
 
     common = dict(num_samples=args.num_samples, steps=args.steps, solver=args.solver, cfg_scale=4.0,
-                  batch_size=args.num_samples, packing=args.packing, merge_lora=args.merge_lora, seed=0)
+                  batch_size=args.num_samples, packing=args.packing, merge_lora=args.merge_lora, seed=0,
+                  **({"prompts": [args.prompt], "text_encoder": "minilm"} if args.prompt else {}))
     runs = {}
     if args.schedules:
         weak = parse_schedules(args.weak_guidance) or []
@@ -116,7 +126,8 @@ def main(argv=None) -> Path:
         flops_ratio = sum(plan.step_macs) / base_macs
         time_ratio = med / base_s
         rows.append({
-            "scenario": "sample_schedules", "model": args.model, "input_size": cfg.input_size,
+            "scenario": "sample_schedules", "model": args.model,
+            "input_size": getattr(cfg, "input_size", None) or "x".join(map(str, plan.latent_shape[1:])),
             "weak_patch": args.weak_patch, "lora": "merged" if args.merge_lora else f"unmerged r{args.lora_rank}",
             "target": target, "schedule": plan.schedule.spec.split(" ")[0], "guidance": sc.guidance, "steps": args.steps,
             "solver": args.solver, "num_samples": args.num_samples, "packing": args.packing,

@@ -127,8 +127,8 @@ def test_demo_t2i_end_to_end_tiny(tiny_base, tmp_path):
 
 
 def test_demo_t2i_bad_family_and_clip_weights_are_one_line(tmp_path):
-    res = runner.invoke(app, ["demo", "--family", "video", "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "unknown --family 'video'" in res.output and len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(app, ["demo", "--family", "audio", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "unknown --family 'audio'" in res.output and len(res.output.strip().splitlines()) == 1
     res = runner.invoke(app, ["demo", "--clip-weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "--family t2i" in res.output
     res = runner.invoke(app, ["demo", "--family", "t2i", "--clip-weights", str(tmp_path / "w.pt"),

@@ -7,7 +7,8 @@ for class i mod 10 so each class gets the same count: by its label (class-condit
 naming it (text-to-image PixArt: `flexcli.builtin.captions.heldout_prompts`, templates never seen in training,
 encoded by all-MiniLM-L6-v2). The domain classifier (`flexcli.builtin.classifier`) says whether each sample shows
 the class it was asked for. Writes `check.json` (class accuracy, overall and per class, and the settings) and
-`grid.png` (one row per class, in label order). The base must reach 70 %.
+`grid.png` (one row per class, in label order). The base must reach 70 %. A video base (Wan-FMNIST) is checked
+per frame, with its motion (`flexcli.builtin.check_video`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ TARGET = 0.70
 REPORT_NAME, GRID_NAME = "check.json", "grid.png"
 
 
-def check_base(checkpoint: str | Path, out_dir: str | Path | None = None, *, num_samples: int = 200, steps: int = 100,
+def check_base(checkpoint: str | Path, out_dir: str | Path | None = None, *, num_samples: int = 200, steps: int | None = None,
                cfg_scale: float = 4.0, seed: int = 0, batch_size: int = 100, classifier: str | Path | None = None,
                grid_per_class: int = 10) -> dict:
     """The check's report (see the module docstring); with `out_dir`, also check.json and grid.png there."""
@@ -34,6 +35,13 @@ def check_base(checkpoint: str | Path, out_dir: str | Path | None = None, *, num
 
     net, meta = load_classifier(classifier)  # fails before any sampling
     model = load_model(checkpoint).eval()
+    if len(model.base_patch) == 3:
+        from flexcli.builtin.check_video import check_video_base
+
+        return check_video_base(checkpoint, model, net, meta, out_dir, num_samples=num_samples,
+                                steps=steps or 20, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size,
+                                grid_per_class=grid_per_class)
+    steps = steps or 100
     labels = [i % 10 for i in range(num_samples)]
     text = family_of(model).conditioning == "text"
     if text:

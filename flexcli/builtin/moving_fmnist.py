@@ -4,8 +4,10 @@ Each clip is one real Fashion-MNIST item (Debian's `dataset-fashion-mnist`, `fle
 area-resized from 28x28 to `ITEM` = 20x20 pixels and pasted on a black (-1) 32x32 canvas at integer positions
 that follow a seeded straight path with bounces: a start position uniform in [0, 12]^2 and a velocity of
 (v_y, v_x) pixels per frame, each in [-3, 3], not both zero (48 velocities, uniform), reflected at the canvas
-walls. `FRAMES` = 8 frames of 1 channel, so a clip is (1, 8, 32, 32) in [-1, 1]. The models see pixels (no
-VAE): the latent frame count is 8, which the temporal weak patch 2 divides.
+walls. `FRAMES` = 4 frames of 1 channel, so a clip is (1, 4, 32, 32) in [-1, 1]. The models see pixels (no
+VAE): the latent frame count is 4, which the temporal weak patch 2 divides (4 frames, not the issue's
+limit of 8: at 8 a training step costs 2.6x as much on the CPU, 3.7 s against 1.41 s at batch 32, too many for the
+90-minute training budget).
 
 Clip i of a split is item i of that Fashion-MNIST split on path i of that split (drawn once from a generator
 seeded by `PATH_SEED` and the split), so the data are the same on every run. The `test` split's items are the
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from flexcli.errors import FlexcliError
 
-FRAMES, SIDE, ITEM, MAX_SPEED = 8, 32, 20, 3
+FRAMES, SIDE, ITEM, MAX_SPEED = 4, 32, 20, 3
 PATH_SEED = 15
 SPLITS = ("train", "test")
 INK = -0.9  # a pixel above this is part of the item (the background is -1)
@@ -108,6 +110,13 @@ def moving_fashion_mnist(split: str = "train", seed: int = PATH_SEED) -> tuple[M
                            "use moving-fashion-mnist:train or moving-fashion-mnist:test")
     images, labels = fashion_mnist(split)
     return MovingClips(images, paths(len(images), 2 * seed + SPLITS.index(split))), labels
+
+
+def heldout_clips(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n held-out (test-split) clips, (n, 1, FRAMES, SIDE, SIDE), and their classes (n,)."""
+    clips, labels = moving_fashion_mnist("test")
+    n = min(n, len(clips))
+    return clips[torch.arange(n)], labels[:n]
 
 
 def bounding_boxes(clips: torch.Tensor, ink: float = INK) -> torch.Tensor:

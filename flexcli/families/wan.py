@@ -12,7 +12,7 @@ from flexcli.models.wan_config import WanConfig
 
 # The latent `flexcli info` and `forward_cost` use when none is given: 480x832 at 77 frames (20 latent frames),
 # the 480p clip nearest Wan's default 81 frames that every FlexiDiT video size ((1,2,2), (2,2,2), (1,4,4)) tiles.
-# A config's own `latent_size` (the built-in pixel-space Wan-FMNIST: (8, 32, 32)) replaces it.
+# A config's own `latent_size` (the built-in pixel-space Wan-FMNIST: (4, 32, 32)) replaces it.
 DEFAULT_LATENT = (20, 60, 104)
 
 

@@ -60,8 +60,9 @@ def check_video_shape(frames: int, height: int, width: int, patch_sizes, *,
     for flag, value, p in (("--height", height, p_h), ("--width", width, p_w)):
         multiple = spatial_compression * p
         if value % multiple:
-            raise FlexcliError(f"{flag} {value} is not a multiple of {multiple} ({spatial_compression} for the VAE "
-                               f"x patch {p} of {names})", f"use {flag} {_around(value, multiple, multiple)}")
+            why = f"{spatial_compression} for the VAE x patch {p}" if spatial_compression > 1 else f"patch {p}"
+            raise FlexcliError(f"{flag} {value} is not a multiple of {multiple} ({why} of {names})",
+                               f"use {flag} {_around(value, multiple, multiple)}")
         latent_hw.append(value // spatial_compression)
     return latent_frames, latent_hw[0], latent_hw[1]
 
@@ -130,6 +131,12 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return torch.cat(videos)
 
 
+def clip_frames(clips: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, H, W) pixel-space clips in [-1, 1] (C = 1 or 3) -> (B, F, H, W, 3) uint8 frames."""
+    pixels = torch.clamp(127.5 * clips + 128.0, 0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1)
+    return pixels.expand(*pixels.shape[:-1], 3).contiguous() if pixels.shape[-1] == 1 else pixels.contiguous()
+
+
 # --------------------------------------------------------------------------------------------------
 def write_gif(frames, path: str | Path, fps: int = WAN_FPS) -> Path:
     """(F, H, W, 3) uint8 frames -> an endlessly looping GIF (Pillow; each frame quantised to 256 colours)."""
@@ -137,7 +144,7 @@ def write_gif(frames, path: str | Path, fps: int = WAN_FPS) -> Path:
 
     frames = np.asarray(frames)
     images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     return Path(path)
 
 

@@ -81,14 +81,14 @@ NAMED_CONFIGS: dict[str, WanConfig] = {
     "Wan2.1-T2V-1.3B": WanConfig(),
     "Wan2.1-T2V-14B": WanConfig(num_attention_heads=40, ffn_dim=13824, num_layers=40),
     # Tiny sizes for tests and the CPU: not released.
-    # The built-in video default (issue #15): pixel-space moving Fashion-MNIST (1 x 8 x 32 x 32), patch 1x4x4 =
-    # 512 tokens, width 128 (4 heads x 32), 6 layers, 384-d MiniLM captions of 16 tokens. Trained from scratch.
+    # The built-in video default (issue #15): pixel-space moving Fashion-MNIST (1 x 4 x 32 x 32), patch 1x4x4 =
+    # 256 tokens, width 128 (4 heads x 32), 6 layers, 384-d MiniLM captions of 16 tokens. Trained from scratch.
     "Wan-FMNIST": WanConfig(patch_size=(1, 4, 4), num_attention_heads=4, attention_head_dim=32, in_channels=1,
                             out_channels=1, text_dim=384, freq_dim=256, ffn_dim=512, num_layers=6, text_len=16,
-                            latent_size=(8, 32, 32)),
+                            latent_size=(4, 32, 32)),
     "Wan-FMNIST-Tiny": WanConfig(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12, in_channels=1,
                                  out_channels=1, text_dim=384, freq_dim=16, ffn_dim=32, num_layers=1, text_len=16,
-                                 latent_size=(8, 32, 32)),
+                                 latent_size=(4, 32, 32)),
     "Wan-Tiny": WanConfig(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
                           freq_dim=8, ffn_dim=32, num_layers=2, text_len=8),
 }

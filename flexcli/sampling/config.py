@@ -54,6 +54,7 @@ class SampleConfig:
     packing: str = "separate"
     batch_size: int = 16
     # video families (Wan): the clip's size in pixels; the latent is (frames - 1) / 4 + 1 x height / 8 x width / 8
+    # (a pixel-space model's clip is its latent; default its config's latent_size)
     frames: int | None = None  # default 81
     height: int | None = None  # default 480
     width: int | None = None  # default 832

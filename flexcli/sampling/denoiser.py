@@ -88,14 +88,17 @@ def sample(model, cfg: SampleConfig, progress: Progress | None = None, device=No
            vae=None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Sample cfg.num_samples in this process with a loaded model: (latents, uint8 NHWC images or None, record).
 
-    Images come from `vae` (an AutoencoderKL) or, for pixel-space models, from the samples themselves.
+    Images come from `vae` (an AutoencoderKL) or, for pixel-space models, from the samples themselves; video
+    models give latents only (a pixel-space model's latents are its clips).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     plan = make_plan(cfg, model)
     start = time.perf_counter()
     latents = sample_latents(model, cfg, plan, list(range(cfg.num_samples)), device, progress)
     images = None
-    if plan.latent_shape[0] in (1, 3):
+    if len(plan.latent_shape) == 4:  # video: the latents (pixel-space clips, or video-VAE latents) only
+        pass
+    elif plan.latent_shape[0] in (1, 3):
         images = to_uint8(latents.float())
     elif vae is not None:
         images = decode(latents, vae, device, cfg.batch_size)

@@ -50,9 +50,17 @@ def run_timesteps(solver: str, steps: int, flow_shift: float | None) -> list:
     return solver_timesteps(solver, steps)
 
 
+def pixel_space(model) -> bool:
+    """Whether a video model sees its clips directly (1 or 3 channels, no VAE: the built-in Wan-FMNIST), as an
+    image model does; Wan 2.1 sees 16-channel video-VAE latents."""
+    return model.config.in_channels in (1, 3)
+
+
 def latent_shape_of(cfg, model, patch_sizes) -> tuple:
     """(C, *spatial) of one sample: the model's latent for images; for video the clip's latent, after checking
-    that the VAE and every patch size in `patch_sizes` tile it (one-line error naming the nearest valid values)."""
+    that the VAE and every patch size in `patch_sizes` tile it (one-line error naming the nearest valid values).
+    A pixel-space video model's clip is its latent (frames, height and width in pixels, no VAE); its default
+    size is the config's `latent_size`."""
     video = len(model.base_patch) == 3
     given = [f for f, v in (("--frames", cfg.frames), ("--height", cfg.height), ("--width", cfg.width)) if v]
     if not video:
@@ -62,6 +70,8 @@ def latent_shape_of(cfg, model, patch_sizes) -> tuple:
         return tuple(model.latent_shape)
     from flexcli.io.video import check_video_shape
 
-    frames, height, width = (v if v is not None else d for v, d in zip((cfg.frames, cfg.height, cfg.width),
-                                                                        WAN_DEFAULT_CLIP))
-    return (model.config.in_channels, *check_video_shape(frames, height, width, patch_sizes))
+    pixels = pixel_space(model)
+    default = (model.config.latent_size or WAN_DEFAULT_CLIP) if pixels else WAN_DEFAULT_CLIP
+    frames, height, width = (v if v is not None else d for v, d in zip((cfg.frames, cfg.height, cfg.width), default))
+    no_vae = {"temporal_compression": 1, "spatial_compression": 1} if pixels else {}
+    return (model.config.in_channels, *check_video_shape(frames, height, width, patch_sizes, **no_vae))

@@ -1,0 +1,232 @@
+"""Issue #15's benchmark: the paper's video claim (Fig. 8) on the video built-in default, seeds x clips per cell.
+
+Per weak mode (temporal 2x4x4, spatial 1x8x8) the base is flexified and the weak mode distilled once
+(`--distill-steps`; kept in --work and reused). Then, for every seed, each cell is sampled and scored as the demo
+does (`flexcli.builtin.demo_video.sample_and_score`; clip i is prompted by held-out caption i, class i mod 10,
+and seeded seed x 1,000,000 + i; FID per frame against `--ref-clips` held-out real clips):
+* the all-powerful baseline at `--steps`, and the fewer-steps baseline at each of `--baseline-steps`;
+* per mode, the weak-first schedules that run each of `--weak-steps` weak, at every `--cfg-scales`;
+* per mode, `--weak-guidance` schedules (x/y, y < x) with weak guidance (§3.4);
+* per mode, the ablations at `--ablation` (x/x): PI-only (the flexified checkpoint, not distilled) and weak-last.
+Rows are appended to the CSV as they finish, so a run resumes (a (label, seed) already there is skipped);
+`--shard i/n` splits the cells over processes, one CSV each (`cells.shardI.csv`). `--report` reads every CSV in
+--out and writes `claims.md`: each cell's mean and seed spread, and the issue's verdicts.
+
+    python benchmarks/video_claims.py --out benchmarks/results/video --work runs/video-bench \\
+        --num-samples 1000 --seeds 0,1,2 --shard 0/2 &
+    python benchmarks/video_claims.py --out benchmarks/results/video --work runs/video-bench \\
+        --num-samples 1000 --seeds 0,1,2 --shard 1/2
+    python benchmarks/video_claims.py --out benchmarks/results/video --report
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from _common import provenance
+from flexcli.builtin import demo_video as V
+
+SEED_STRIDE = 1_000_000
+
+
+def cells(job: V.VideoJobSettings, weak_guidance: list[str], ablation: str) -> list[tuple[str, V.Setting]]:
+    """(checkpoint kind, setting): the demo's grid, weak guidance, and the PI-only and weak-last ablations."""
+    out = [("distilled", s) for s in V.job_settings(job)]
+    for mode in job.modes:
+        for c in job.cfg_scales:
+            out += [("distilled", V.Setting(mode, sched, job.steps, c, {"guidance": "weak"}))
+                    for sched in weak_guidance]
+            out.append(("distilled", V.Setting(mode, ablation, job.steps, c, {"order": "weak-last"})))
+            out.append(("pi-only", V.Setting(mode, ablation, job.steps, c)))
+    return out
+
+
+def _done(path: Path) -> set[tuple[str, int]]:
+    if not path.exists():
+        return set()
+    with open(path, newline="") as f:
+        return {(r["label"], int(r["seed"])) for r in csv.DictReader(f)}
+
+
+def _append(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def run(args) -> Path:
+    from flexcli.builtin import classifier
+    from flexcli.builtin.demo import metric_options
+    from flexcli.builtin.moving_fmnist import heldout_clips
+    from flexcli.builtin.video_metrics import score_clips
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    job = V.VideoJobSettings(lora_rank=args.lora_rank, distill_steps=args.distill_steps,
+                             num_samples=args.num_samples, steps=args.steps,
+                             weak_steps=args.weak_steps, cfg_scales=args.cfg_scales,
+                             baseline_steps=args.baseline_steps, batch_size=args.batch_size,
+                             flow_shift=args.flow_shift)
+    base = args.base or V.BASE
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    quiet = lambda *a: None  # noqa: E731
+    ckpts = {}
+    for name, patch in job.modes.items():
+        flex, distilled = work / f"flex-{name}.safetensors", work / f"distill-{name}" / "distilled.safetensors"
+        if not distilled.exists():  # one process distils; run shards after it finished
+            flex, distilled, _ = V.flexify_and_distill(base, name, patch, job, work, quiet)
+        ckpts[("distilled", name)], ckpts[("pi-only", name)] = distilled, flex
+    net, _ = classifier.load_classifier()
+    real, _ = heldout_clips(args.ref_clips)
+    ref = score_clips(real, net)
+    from flexcli.api import load_model
+
+    embeds, labels = V.write_prompts(work / f"prompts-{args.num_samples}.safetensors", args.num_samples,
+                                     load_model(base).text_length, work / "cache")
+    opts = metric_options(args.num_samples * ref.predicted.shape[1], work / "cache")
+    index, count = args.shard
+    todo = [(kind, s, seed) for kind, s in cells(job, args.weak_guidance, args.ablation) for seed in args.seeds]
+    todo = todo[index::count]
+    path = args.out / (f"cells.shard{index}.csv" if count > 1 else "cells.csv")
+    args.out.mkdir(parents=True, exist_ok=True)
+    done = _done(path)
+    (work / "runs").mkdir(exist_ok=True)
+    for kind, s, seed in todo:
+        label = f"{'PI-only ' if kind == 'pi-only' else ''}{s.label}"
+        if (label, seed) in done:
+            continue
+        ckpt = base if s.mode is None else ckpts[(kind, s.mode)]
+        run_dir = work / "runs" / hashlib.sha1(f"{label} {seed} {args.num_samples}".encode()).hexdigest()[:16]
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short
+        row = V.sample_and_score(s, ckpt, job, embeds, labels, ref, net, opts, run_dir, seed * SEED_STRIDE)
+        row.update(label=label, checkpoint=kind, seed=seed, ref_clips=args.ref_clips, **provenance())
+        _append(path, row)
+        print(f"{label} seed {seed}: FID {row['fid']:.2f}, accuracy {100 * row['class_accuracy']:.1f} %, "
+              f"gap {row['temporal_gap']:.2f}", file=sys.stderr)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+def _load(out: Path) -> list[dict]:
+    rows = []
+    for p in sorted(out.glob("cells*.csv")):
+        with open(p, newline="") as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def _cells(rows: list[dict]) -> list[dict]:
+    """One entry per label: mean and seed standard deviation of every score."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["label"], []).append(r)
+    out = []
+    for label, rs in by.items():
+        cell = {k: rs[0][k] for k in ("label", "mode", "checkpoint", "schedule", "guidance", "cfg_scale", "steps")}
+        cell.update(compute=float(rs[0]["compute_fraction"]), weak_share=float(rs[0]["weak_share"]), seeds=len(rs))
+        for k in ("fid", "class_accuracy", "temporal_gap", "speed"):
+            vals = [float(r[k]) for r in rs]
+            cell[k], cell[k + "_sd"] = statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(cell)
+    return out
+
+
+def report(out: Path, steps: int, fid_tol: float = 0.05, acc_tol: float = 2.0) -> Path:
+    cells_ = _cells(_load(out))
+    fmt = lambda c: (f"{c['label']} ({100 * c['compute']:.1f} %): FID {c['fid']:.2f} ± {c['fid_sd']:.2f}, "  # noqa
+                     f"accuracy {100 * c['class_accuracy']:.1f} ± {100 * c['class_accuracy_sd']:.1f} %, "
+                     f"temporal gap {c['temporal_gap']:.2f}")
+    full = [c for c in cells_ if c["mode"] == "powerful" and int(c["steps"]) == steps]
+    lines = ["# Video claims (issue #15): Fig. 8 on the video built-in default", "",
+             f"Cells: {len(cells_)}; seeds per cell: {sorted({c['seeds'] for c in cells_})}.", ""]
+    if not full:
+        return _write(out, lines + ["No all-powerful baseline rows yet."])
+    base = min(full, key=lambda c: c["fid"])
+    ok = lambda c: (c["fid"] <= base["fid"] * (1 + fid_tol) and  # noqa: E731
+                    100 * (base["class_accuracy"] - c["class_accuracy"]) <= acc_tol and abs(c["temporal_gap"]) <= 1)
+    lines += [f"Baseline (its lowest-FID scale): {fmt(base)}.", "",
+              "## Most compute saved with a match (FID +5 %, accuracy -2 points, temporal within the real spread)"]
+    flex = [c for c in cells_ if c["mode"] not in ("powerful",) and c["checkpoint"] == "distilled"]
+    for mode in sorted({c["mode"] for c in flex}):
+        good = [c for c in flex if c["mode"] == mode and ok(c)]
+        best = min(good, key=lambda c: c["compute"]) if good else None
+        lines.append(f"- {mode}: " + (f"{100 * (1 - best['compute']):.1f} % saved, {fmt(best)}" if best
+                                      else "no match"))
+    lines += ["", "## Distilled vs PI-only, weak-first vs weak-last (best scale each)"]
+    for mode in sorted({c["mode"] for c in flex}):
+        groups = {"PI-only": [c for c in cells_ if c["mode"] == mode and c["checkpoint"] == "pi-only"],
+                  "weak-last": [c for c in flex if c["mode"] == mode and "weak-last" in c["label"]]}
+        for name, group in groups.items():
+            if not group:
+                continue
+            rival = min(group, key=lambda c: c["fid"])
+            same = [c for c in flex if c["mode"] == mode and c["schedule"] == rival["schedule"]
+                    and "[" not in c["label"]]
+            if same:
+                mine = min(same, key=lambda c: c["fid"])
+                lines.append(f"- {mode}: distilled weak-first {fmt(mine)} vs {name} {fmt(rival)}")
+    lines += ["", "## Flex vs fewer steps at equal or lower compute (best scale each)"]
+    fewer = [c for c in cells_ if c["mode"] == "powerful" and int(c["steps"]) < steps]
+    for f in sorted(fewer, key=lambda c: c["compute"]):
+        at = [c for c in flex if c["compute"] <= f["compute"] + 1e-9]
+        if at:
+            best = min(at, key=lambda c: c["fid"])
+            lines.append(f"- {fmt(best)} {'beats' if best['fid'] < f['fid'] else 'loses to'} {fmt(f)}")
+    lines += ["", "## Every cell", ""] + [f"- {fmt(c)}" for c in sorted(cells_, key=lambda c: -c["compute"])]
+    return _write(out, lines)
+
+
+def _write(out: Path, lines: list[str]) -> Path:
+    path = out / "claims.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/video"))
+    ap.add_argument("--work", type=Path, default=Path("runs/video-bench"), help="checkpoints and samples")
+    ap.add_argument("--base", type=Path, default=None, help="the base (default: the shipped Wan-FMNIST)")
+    ap.add_argument("--report", action="store_true", help="write claims.md from the CSVs in --out, then stop")
+    ap.add_argument("--distill-steps", type=int, default=1000)
+    ap.add_argument("--lora-rank", type=int, default=32)
+    ap.add_argument("--num-samples", type=int, default=1000)
+    ap.add_argument("--ref-clips", type=int, default=2000)
+    ap.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--weak-steps", type=_ints, default=[5, 10, 15, 20])
+    ap.add_argument("--baseline-steps", type=_ints, default=[15, 10, 5])
+    ap.add_argument("--cfg-scales", type=lambda t: [float(x) for x in t.split(",")], default=[3.0, 5.0])
+    ap.add_argument("--weak-guidance", type=lambda t: [x for x in t.split(",") if x], default=["10/5"])
+    ap.add_argument("--ablation", default="10/10")
+    ap.add_argument("--flow-shift", type=float, default=3.0)
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--shard", type=lambda t: tuple(int(x) for x in t.split("/")), default=(0, 1))
+    args = ap.parse_args(argv)
+    if args.report:
+        path = report(args.out, args.steps)
+    else:
+        run(args)
+        path = report(args.out, args.steps)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
