@@ -96,10 +96,9 @@ def sample(model, cfg: SampleConfig, progress: Progress | None = None, device=No
     start = time.perf_counter()
     latents = sample_latents(model, cfg, plan, list(range(cfg.num_samples)), device, progress)
     images = None
-    if len(plan.latent_shape) == 4:  # video: the latents (pixel-space clips, or video-VAE latents) only
-        pass
-    elif plan.latent_shape[0] in (1, 3):
+    video = len(plan.latent_shape) == 4  # video: the latents only (a pixel-space model's clips, or VAE latents)
+    if not video and plan.latent_shape[0] in (1, 3):
         images = to_uint8(latents.float())
-    elif vae is not None:
+    elif not video and vae is not None:
         images = decode(latents, vae, device, cfg.batch_size)
     return latents, images, run_record(cfg, model, plan, time.perf_counter() - start, device, 1)

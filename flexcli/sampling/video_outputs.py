@@ -1,6 +1,7 @@
 """The output folder of a video sampling run (Wan): latents.npz always; with a local video VAE (`--vae DIR`, or
 the vae/ of `--pipeline DIR`) one MP4 and one GIF per sample and a grid of frames (`flexcli.io.video`);
-run.json. A pixel-space model's latents are its clips (in [-1, 1]): one GIF per sample and the grid, no VAE. Under torchrun every rank samples its indices and rank 0 gathers, decodes and writes."""
+run.json. A pixel-space model's latents are its clips (in [-1, 1]): one GIF per sample and the grid, no VAE.
+Under torchrun every rank samples its indices and rank 0 gathers, decodes and writes."""
 from __future__ import annotations
 
 import json
