@@ -93,7 +93,7 @@ def run(args) -> Path:
     from flexcli.api import load_model
 
     embeds, labels = V.write_prompts(work / f"prompts-{args.num_samples}.safetensors", args.num_samples,
-                                     load_model(base).text_length, work / "cache")
+                                     load_model(base).text_length, work / "cache", negative=True)
     opts = metric_options(args.num_samples * ref.predicted.shape[1], work / "cache")
     index, count = args.shard
     todo = [(kind, s, seed) for kind, s in cells(job, args.weak_guidance, args.ablation) for seed in args.seeds]

@@ -32,6 +32,7 @@ import torch
 from flexcli import config
 from flexcli.builtin import classifier
 from flexcli.builtin.demo import CONFIG_NAME, Progress, distill_config, fresh_folder, metric_options
+from flexcli.builtin.demo_t2i import write_prompts
 from flexcli.errors import FlexcliError
 
 BASE = Path(__file__).resolve().parents[1] / "assets" / "moving_fmnist_wan" / "model.safetensors"
@@ -143,21 +144,6 @@ def job_settings(job: VideoJobSettings) -> list[Setting]:
     return out
 
 
-def write_prompts(path: Path, num_samples: int, text_length: int, cache_dir: Path) -> tuple[Path, list[int]]:
-    """Held-out prompts (sample i names class i mod 10) and the empty negative prompt (Wan has no learned null
-    caption; training dropped captions to the encoded ""), encoded once, for `--prompt-embeds`."""
-    from flexcli.builtin.captions import _minilm, encode_cached, heldout_prompts
-    from flexcli.text import TextEncoding, save_prompt_embeds
-
-    prompts, labels = heldout_prompts(-(-num_samples // 10))
-    prompts, labels = prompts[:num_samples], labels[:num_samples]
-    embeds, mask = encode_cached(prompts, text_length, cache_dir)
-    null, null_mask = encode_cached([""], text_length, cache_dir)
-    encoding = TextEncoding(embeds, mask, prompts, negative=TextEncoding(null, null_mask, [""]))
-    save_prompt_embeds(path, encoding, _minilm(text_length).identity)
-    return path, labels
-
-
 def run_video_job(out: str | Path, *, quick: bool = False, base: str | Path | None = None, force: bool = False,
                   progress: Progress | None = None, job: VideoJobSettings | None = None) -> dict:
     """Everything above; returns {"pareto_csv", "files", "rows", "summary", "distilled", "seconds"}."""
@@ -224,7 +210,9 @@ def _sample_and_score(plan: list[Setting], checkpoints: dict, job: VideoJobSetti
     from flexcli.api import load_model
 
     text_length = load_model(checkpoints[None]).text_length
-    embeds, labels = write_prompts(work / "prompts.safetensors", job.num_samples, text_length, work / "cache")
+    # Wan has no learned null caption: training dropped captions to the encoded "", so that is the negative
+    embeds, labels = write_prompts(work / "prompts.safetensors", job.num_samples, text_length, work / "cache",
+                                   negative=True)
     total = job.num_samples * sum(s.steps for s in plan)
     done = {"steps": 0}
 
