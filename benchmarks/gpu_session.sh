@@ -1,34 +1,73 @@
 #!/usr/bin/env bash
-# One short GPU lease (the workplace's `device` tool: an H100/H200 with its own CUDA torch, no network), in one
-# command: issue #7's fuller Fashion-MNIST run (benchmarks/fmnist_claims.py), then a cut-down issue #5 profile
-# (benchmarks/gpu_profile.sh: DiT-XL/2 at 512x512 compiled and eager, one round of whole-schedule runs).
-# Needs, next to the tree: .whl/ (torch-fidelity and peft wheels; the image's own typer is used, as the carried
-# typer 0.29 wanted pydantic there) and .fmnist/ (the four Fashion-MNIST idx .gz files), both ignored by git and
-# carried. Writes at most 8 files into OUTDIR. On 2026-11-26 (H200) the claims part ran and is committed under
-# benchmarks/results/fmnist_claims/; the profile part has not yet run (that lease ran out).
+# One short GPU lease (the workplace's `device` tool: one H100/H200 that brings its own CUDA torch, no network), in
+# one command of about 6-8 minutes. Each stage is `flexcli profile` with random weights, bf16, batch 2 (one CFG
+# step) unless said, in priority order, each under its own time limit so that a slow stage cannot starve the rest:
+#   1. DiT-XL/2 at 512x512 (latent 64), patch 2 and 4, compiled: latency vs FLOPs (issue #5's acceptance row);
+#   2. the T2I shape: PixArt-XL/2-512 (latent 64, full-length 120-token captions), patch 2 and 4, compiled;
+#   3. the T2V shape: Wan2.1-T2V-1.3B at the paper's T2V latent 32x88x48 (33,792 tokens at (1, 2, 2)), patches
+#      1x2x2, 2x2x2 (temporal weak) and 1x4x4 (spatial weak), eager, 5 timed passes (about 1 s each at (1, 2, 2));
+#   4. the schedule runs: whole 250-step DDPM sampling runs of DiT-XL/2 at 256x256, batch 8, CFG 4, flexified in
+#      memory (LoRA, weak p4), 250/250, 130/130 and 70/70, one timed round;
+# then merges the CSVs into OUTDIR/profile.csv with the plots (benchmarks/profile_summary.py, which also prints the
+# weak/powerful latency ratio beside the FLOPs ratio of each shape). OUTDIR gets at most 8 files: environment.txt,
+# session.log, profile.csv, roofline.png, latency_vs_flops.png (or, if the merge fails, the stage CSVs).
+# The Fashion-MNIST claims run that this script used to start (issue #7) ran on an H200 on 2026-11-26 and is
+# committed under benchmarks/results/fmnist_claims/; `python3 benchmarks/fmnist_claims.py` still runs it.
 #
-#   bash benchmarks/gpu_session.sh OUTDIR [CLAIMS_BUDGET_S]
+#   bash benchmarks/gpu_session.sh OUTDIR          # on the device: `run` with command "bash benchmarks/gpu_session.sh $OUT"
+#   DRY_RUN=1 bash benchmarks/gpu_session.sh DIR   # here, on the CPU: every stage with --analytic (FLOPs only, checks
+#                                                  # that each shape is valid), no schedule stage, no timing
+# peft is needed only by stage 4; where the image lacks it, a wheel in .whl/ (ignored by git, carried) is installed.
 set -uo pipefail
-OUT=${1:?usage: bash benchmarks/gpu_session.sh OUTDIR [CLAIMS_BUDGET_S]}
-BUDGET=${2:-300}
+OUT=${1:?usage: bash benchmarks/gpu_session.sh OUTDIR}
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 FLEXCLI_FASHION_MNIST="$PWD/.fmnist" PY=python3
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/torch_fidelity*.whl .whl/peft*.whl
-export PYTHONPATH="$PWD:/tmp/site"
-SMOKE='from flexcli.api import flexify_checkpoint; from flexcli.builtin.demo import BASE; import torch_fidelity
-flexify_checkpoint(BASE, [8], "/tmp/smoke.safetensors", force=True); print("smoke ok")'
-if ! python3 -c "$SMOKE"; then  # the carried peft does not fit this image: use the image's own
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-tf .whl/torch_fidelity*.whl
-  export PYTHONPATH="$PWD:/tmp/site-tf"
-  python3 -c "$SMOKE" || exit 1
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d)
+START=$SECONDS
+export PYTHONUNBUFFERED=1
+# The project's venv where there is one (here); on the device, the image's python3 with this tree on PYTHONPATH.
+if [ -x .venv/bin/python ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -z "${DRY_RUN:-}" ] && ! "$PY" -c "import peft" 2>/dev/null && ls .whl/peft*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/peft*.whl
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  python3 -c "import torch, peft; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'peft', peft.__version__)"
-  nproc; } > "$OUT/environment.txt" 2>&1
 
-python3 benchmarks/fmnist_claims.py --out /tmp/claims --budget-s "$BUDGET" 2>&1 | tee "$OUT/claims.log"
-cp /tmp/claims/fmnist_claims.csv /tmp/claims/run.json /tmp/claims/distilled.safetensors "$OUT"/ 2>/dev/null
+log() { echo "== $* ($((SECONDS - START)) s elapsed)" | tee -a "$OUT/session.log" >&2; }
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  git rev-parse HEAD 2>/dev/null || true; nproc; } > "$OUT/environment.txt" 2>&1
 
-RUNS="512 compiled,512 eager" SCHED_REPEATS=1 bash benchmarks/gpu_profile.sh /tmp/gpu 2>&1 | tee "$OUT/gpu_profile.log"
-cp /tmp/gpu/profile.csv "$OUT"/ 2>/dev/null
-ls -la "$OUT"
+if [ -n "${DRY_RUN:-}" ]; then
+  TIMING=(--analytic)
+  COMPILED=(--analytic)
+else
+  TIMING=(--device cuda --dtype bf16 --warmup 3)
+  COMPILED=(--device cuda --dtype bf16 --warmup 5 --compile)
+fi
+stage() {  # stage NAME LIMIT_S ARGS...: one `flexcli profile` run into $WORK/NAME.csv, killed after LIMIT_S
+  local name=$1 limit=$2; shift 2
+  log "$name"
+  timeout "$limit" "$PY" -m flexcli profile "$@" --force -o "$WORK/$name.csv" 2>&1 | tee -a "$OUT/session.log" >&2
+  [ -f "$WORK/$name.csv" ] || log "$name: no CSV (failed or over its $limit s)"
+}
+
+stage dit_xl2_512_compiled 150 --model DiT-XL/2 --image-size 512 --patch-sizes 2,4 --batch 2 --repeats 50 "${COMPILED[@]}"
+stage t2i_pixart_512_compiled 150 --model PixArt-XL/2-512 --patch-sizes 2,4 --batch 2 --repeats 50 "${COMPILED[@]}"
+stage t2v_wan_1p3b_eager 120 --model Wan2.1-T2V-1.3B --latent 32x88x48 --patch-sizes 1x2x2,2x2x2,1x4x4 --batch 2 \
+  --repeats 5 "${TIMING[@]}"
+if [ -z "${DRY_RUN:-}" ]; then
+  stage dit_xl2_256_schedules 150 --model DiT-XL/2 --image-size 256 --schedules 250/250,130/130,70/70 --steps 250 \
+    --solver ddpm --cfg-scale 4 --batch 8 --repeats 1 "${TIMING[@]}"
+fi
+
+log "merge"
+CSVS=("$WORK"/*.csv)
+if [ -n "${DRY_RUN:-}" ]; then  # FLOPs only: nothing to plot
+  cp "${CSVS[@]}" "$OUT"/
+elif ! "$PY" benchmarks/profile_summary.py "$OUT" "${CSVS[@]}" 2>&1 | tee -a "$OUT/session.log"; then
+  cp "${CSVS[@]}" "$OUT"/ 2>/dev/null
+fi
+log "done"
+ls -la "$OUT" >&2

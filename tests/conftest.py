@@ -29,6 +29,17 @@ def inputs(cfg: DiTConfig, n: int = 3, seed: int = 1):
     return x, t, y
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests, then restored: tiny models and training on 2 shared cores run much
+    faster so (two threads oversubscribe under load), and the pinned outputs were recorded with one. Modules opt
+    in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny():
     return random_dit("DiT-Tiny/2")

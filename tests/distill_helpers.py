@@ -30,12 +30,3 @@ def quick_config(data: Path, **kw) -> DistillConfig:
     base.update(kw)
     return DistillConfig(**base)
 
-
-def one_thread():
-    """Run a module's training on one thread (2 threads on 2 shared cores oversubscribe badly), then restore."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

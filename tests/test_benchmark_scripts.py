@@ -5,6 +5,8 @@ import ast
 import csv
 import importlib
 import importlib.util
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -240,16 +242,9 @@ def test_t2i_claims_report_verdicts(monkeypatch, tmp_path):
 def test_video_claims_runs_resumes_and_reports(tmp_path, monkeypatch):
     """#15's benchmark on a tiny random Wan-FMNIST: every cell (grid, weak guidance, PI-only, weak-last) once per
     seed, a second run adds nothing, and the report names each verdict from the rows it read."""
-    from flexcli.io.checkpoint import save_checkpoint
-    from flexcli.models.wan import Wan
-    from flexcli.models.wan_config import named_wan_config
+    from wan_helpers import tiny_fmnist_wan_base
 
-    torch.manual_seed(0)
-    model = Wan(named_wan_config("Wan-FMNIST-Tiny"))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    base = save_checkpoint(model.eval(), tmp_path / "base.safetensors")
+    base = tiny_fmnist_wan_base(tmp_path / "base.safetensors")
     mod = _load("video_claims", monkeypatch)
     argv = ["--base", str(base), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
             "--lora-rank", "4", "--distill-steps", "2", "--num-samples", "10", "--ref-clips", "20", "--seeds", "0,1",
@@ -270,3 +265,23 @@ def test_video_claims_runs_resumes_and_reports(tmp_path, monkeypatch):
     for heading in ("Most compute saved", "Distilled vs PI-only", "Flex vs fewer steps", "Every cell"):
         assert heading in text
     assert "vs PI-only" in text and "vs weak-last" in text
+
+
+def test_gpu_session_dry_run_profiles_every_shape(tmp_path):
+    """benchmarks/gpu_session.sh has never had a GPU in CI: its DRY_RUN profiles every forward stage with --analytic,
+    so a renamed config, a flag typo or a latent a patch size does not tile fails here, not on a lent GPU. The
+    exact FLOPs of the shapes it times are the ones the README quotes."""
+    import pandas as pd
+
+    env = {**os.environ, "DRY_RUN": "1"}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = pd.concat([pd.read_csv(p) for p in sorted(tmp_path.glob("*.csv"))], ignore_index=True)
+    got = {(r.model, str(r.patch_size)): (r.tokens, round(r.gflops, 2)) for r in rows.itertuples()}
+    assert got[("DiT-XL/2", "2")] == (1024, 1049.08) and got[("DiT-XL/2", "4")] == (256, 237.33)
+    assert got[("PixArt-XL/2-512", "2")][0] == 1024 and got[("PixArt-XL/2-512", "4")][0] == 256
+    assert got[("Wan2.1-T2V-1.3B", "1x2x2")] == (33792, 298339.87)  # README's T2V table
+    assert got[("Wan2.1-T2V-1.3B", "2x2x2")] == (16896, 96634.78)
+    assert got[("Wan2.1-T2V-1.3B", "1x4x4")] == (8448, 35246.28)
+    assert "no CSV" not in (tmp_path / "session.log").read_text()

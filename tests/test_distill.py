@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill_helpers import latent_shard, one_thread, quick_config, tiny_flex
+from distill_helpers import latent_shard, quick_config, tiny_flex
 from flexcli.api import load_model
 from flexcli.data import load_training_data
 from flexcli.diffusion.process import GaussianDiffusion
@@ -26,7 +26,7 @@ from flexcli.models.dit import DiT
 from flexcli.train import distill, objectives, weak_vs_powerful_error
 from flexcli.train.logs import read_losses
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "recipes" / "distill" / "tiny_cpu.yaml"

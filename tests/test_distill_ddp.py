@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from distill_helpers import latent_shard, one_thread, quick_config, tiny_flex
+from distill_helpers import latent_shard, quick_config, tiny_flex
 from flexcli.train import distill
 from flexcli.train.logs import read_losses
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     grad_accum = 2  # and gradient accumulation: 2 micro-batches of 2 samples per process

@@ -15,11 +15,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from distill_helpers import latent_shard, one_thread, tiny_flex
+from distill_helpers import latent_shard, tiny_flex
 from flexcli.cli import app
 from flexcli.quickstart import tiny_checkpoint
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 
 

@@ -15,13 +15,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from distill_helpers import latent_shard, one_thread, tiny_flex
+from distill_helpers import latent_shard, tiny_flex
 from flexcli.cli import app
 from flexcli.io.atomic import atomic_path, remove_stale
 from flexcli.quickstart import tiny_checkpoint
 from flexcli.train.logs import read_losses
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

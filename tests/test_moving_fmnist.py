@@ -21,12 +21,7 @@ TINY = {"model": "Wan-FMNIST-Tiny", "steps": 4, "batch_size": 4, "data_limit": 3
 PICK = torch.tensor([0, 1, 7, 123, 4567, 59999])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_clips_are_deterministic_and_in_range():

@@ -12,13 +12,13 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from distill_helpers import latent_shard, one_thread, tiny_flex
+from distill_helpers import latent_shard, tiny_flex
 from flexcli.cli import app
 from flexcli.families import read_checkpoint
 from flexcli.train.logs import read_losses
 from flexcli.train.step import LossGuard
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 
 

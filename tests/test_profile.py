@@ -25,14 +25,6 @@ runner = CliRunner()
 FAST = ["--repeats", "2", "--warmup", "1"]
 
 
-@pytest.fixture
-def one_thread():
-    """Timing on 2 shared cores: one intra-op thread avoids OpenMP barrier stalls when the other core is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def flex_ckpt(tmp_path_factory):

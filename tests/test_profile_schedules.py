@@ -24,13 +24,7 @@ FAST = ["--repeats", "1", "--warmup", "1"]
 SCHEDULES = ["10/10", "5/5", "3/3", "5/3"]  # 5/3: mixed-size steps, where the two packings differ
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on 2 shared cores: one intra-op thread is much faster under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

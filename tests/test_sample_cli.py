@@ -22,13 +22,7 @@ from flexcli.sampling import SampleConfig, make_plan, sample_latents
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is 10-40x faster than two under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 COMMON = ["--steps", "6", "-n", "3", "--class-labels", "1,7", "--seed", "5"]
 
 

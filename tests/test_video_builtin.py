@@ -15,31 +15,18 @@ from flexcli.builtin import classifier as fmnist_classifier
 from flexcli.builtin import moving_fmnist as M
 from flexcli.cli import app
 from flexcli.errors import FlexcliError
+from wan_helpers import tiny_fmnist_wan_base
 
 runner = CliRunner()
 needs_classifier = pytest.mark.skipif(not fmnist_classifier.DEFAULT_WEIGHTS.exists(), reason="no classifier")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def tiny_base(tmp_path):
-    from flexcli.io.checkpoint import save_checkpoint
-    from flexcli.models.wan import Wan
-    from flexcli.models.wan_config import named_wan_config
-
-    torch.manual_seed(0)
-    model = Wan(named_wan_config("Wan-FMNIST-Tiny"))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    return save_checkpoint(model.eval(), tmp_path / "base.safetensors")
+    return tiny_fmnist_wan_base(tmp_path / "base.safetensors")
 
 
 def _sample_cfg(ckpt, out, **more):

@@ -18,12 +18,7 @@ runner = CliRunner()
 CLIP = ["--frames", "9", "--height", "32", "--width", "32"]  # latent 3 x 4 x 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -104,3 +104,18 @@ def video_shard(path, n: int = 8, latent=(4, 4, 4), channels: int = 4, text_dim:
         tensors["negative_prompt_attention_mask"] = torch.ones(1, 3, dtype=torch.long)
     save_file(tensors, str(path))
     return path
+
+
+def tiny_fmnist_wan_base(path, seed: int = 0):
+    """A random `Wan-FMNIST-Tiny` (flexcli's own Wan, pixel-space moving Fashion-MNIST clips) saved as a base
+    checkpoint at `path`: what the video default's demo, check and benchmark run on in tests."""
+    from flexcli.io.checkpoint import save_checkpoint
+    from flexcli.models.wan import Wan
+    from flexcli.models.wan_config import named_wan_config
+
+    torch.manual_seed(seed)
+    model = Wan(named_wan_config("Wan-FMNIST-Tiny"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return save_checkpoint(model.eval(), path)
