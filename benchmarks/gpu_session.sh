@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One short GPU lease (the workplace's `device` tool: one H100/H200 that brings its own CUDA torch, no network), in
-# one command of about 6-8 minutes. Each stage is `flexcli profile` with random weights, bf16, batch 2 (one CFG
-# step) unless said, in priority order, each under its own time limit so that a slow stage cannot starve the rest:
+# one command. Each stage is `flexcli profile` with random weights, bf16, batch 2 (one CFG step) unless said, in
+# priority order, each under its own time limit (570 s together, so the whole fits a 10-minute `run`; the real
+# duration has not been measured) so that a slow stage cannot starve the rest:
 #   1. DiT-XL/2 at 512x512 (latent 64), patch 2 and 4, compiled: latency vs FLOPs (issue #5's acceptance row);
 #   2. the T2I shape: PixArt-XL/2-512 (latent 64, full-length 120-token captions), patch 2 and 4, compiled;
 #   3. the T2V shape: Wan2.1-T2V-1.3B at the paper's T2V latent 32x88x48 (33,792 tokens at (1, 2, 2)), patches
-#      1x2x2, 2x2x2 (temporal weak) and 1x4x4 (spatial weak), eager, 5 timed passes (about 1 s each at (1, 2, 2));
+#      1x2x2, 2x2x2 (temporal weak) and 1x4x4 (spatial weak), eager, 5 timed passes (0.6 PFLOP each at
+#      (1, 2, 2): an estimated 1 s at 70 % of an H200's bf16 peak);
 #   4. the schedule runs: whole 250-step DDPM sampling runs of DiT-XL/2 at 256x256, batch 8, CFG 4, flexified in
 #      memory (LoRA, weak p4), 250/250, 130/130 and 70/70, one timed round;
 # then merges the CSVs into OUTDIR/profile.csv with the plots (benchmarks/profile_summary.py, which also prints the
@@ -14,7 +16,7 @@
 # The Fashion-MNIST claims run that this script used to start (issue #7) ran on an H200 on 2026-11-26 and is
 # committed under benchmarks/results/fmnist_claims/; `python3 benchmarks/fmnist_claims.py` still runs it.
 #
-#   bash benchmarks/gpu_session.sh OUTDIR          # on the device: `run` with command "bash benchmarks/gpu_session.sh $OUT"
+#   bash benchmarks/gpu_session.sh OUTDIR          # on the device: `run` with "bash benchmarks/gpu_session.sh $OUT"
 #   DRY_RUN=1 bash benchmarks/gpu_session.sh DIR   # here, on the CPU: every stage with --analytic (FLOPs only, checks
 #                                                  # that each shape is valid), no schedule stage, no timing
 # peft is needed only by stage 4; where the image lacks it, a wheel in .whl/ (ignored by git, carried) is installed.
@@ -53,7 +55,8 @@ stage() {  # stage NAME LIMIT_S ARGS...: one `flexcli profile` run into $WORK/NA
   [ -f "$WORK/$name.csv" ] || log "$name: no CSV (failed or over its $limit s)"
 }
 
-stage dit_xl2_512_compiled 150 --model DiT-XL/2 --image-size 512 --patch-sizes 2,4 --batch 2 --repeats 50 "${COMPILED[@]}"
+stage dit_xl2_512_compiled 150 --model DiT-XL/2 --image-size 512 --patch-sizes 2,4 --batch 2 --repeats 50 \
+  "${COMPILED[@]}"
 stage t2i_pixart_512_compiled 150 --model PixArt-XL/2-512 --patch-sizes 2,4 --batch 2 --repeats 50 "${COMPILED[@]}"
 stage t2v_wan_1p3b_eager 120 --model Wan2.1-T2V-1.3B --latent 32x88x48 --patch-sizes 1x2x2,2x2x2,1x4x4 --batch 2 \
   --repeats 5 "${TIMING[@]}"

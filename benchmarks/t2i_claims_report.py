@@ -14,7 +14,9 @@ that start at the powerful patch), `PI-only` (the checkpoint named by --pi-ckpt:
    match, or the closest miss; matches of the other kinds (fewer steps) are listed beside it.
 2. Best CFG: the scale of the lowest-FID flex cell at <= --budget vs the baseline's lowest-FID scale.
 3. At each budget's best-CFG points: distilled vs PI-only, weak-first vs weak-last, and both vs fewer steps (the
-   lowest-FID cell of each kind at <= the budget), with the paired per-seed FID change.
+   lowest-FID cell of each kind at <= the budget), with the paired per-seed FID change. Flex beats a rival with
+   a lower FID and at most 1 point less alignment, does NOT beat it with a higher FID and at most 1 point more
+   alignment, and is MIXED against it otherwise (better on one score, clearly worse on the other).
 Writes OUT/claims.md.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fewer_steps_report import TOL, cell_stats, describe, lower, paired  # noqa: E402
 
 BASE_STEPS = 50
+ALIGN_TOL = 1.0  # points: a match may lose at most this much alignment (the acceptance)
 
 
 def kind_of(r, pi_ckpt: str) -> str:
@@ -111,8 +114,13 @@ def comparisons(df: pd.DataFrame, cells: pd.DataFrame, budget: float) -> list[st
             continue
         gain = 100 * (1 - f.fid_mean / o.fid_mean)
         dacc = 100 * (f.class_accuracy_mean - o.class_accuracy_mean)
-        verdict = "beats" if gain > 0 else "does NOT beat"
-        lines.append(f"  - Flex {verdict} {other}: FID {lower(gain)}, alignment {dacc:+.1f} points. "
+        if gain > 0 and dacc >= -ALIGN_TOL - 1e-9:
+            verdict = f"Flex beats {other}"
+        elif gain <= 0 and dacc <= ALIGN_TOL + 1e-9:
+            verdict = f"Flex does NOT beat {other}"
+        else:  # better on one score, worse on the other by more than the claim's alignment tolerance
+            verdict = f"Flex vs {other} is MIXED"
+        lines.append(f"  - {verdict}: FID {lower(gain)}, alignment {dacc:+.1f} points. "
                      f"Paired ({other} -> flex): {paired(df, o, f)}.")
     return lines
 

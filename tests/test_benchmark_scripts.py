@@ -210,12 +210,11 @@ def test_fewer_steps_samples_the_t2i_default_with_heldout_prompts(tmp_path, monk
     assert float(row["class_accuracy"]) == pytest.approx(acc)
 
 
-def test_t2i_claims_report_verdicts(monkeypatch, tmp_path):
-    """#13's verdicts: the fixed-CFG match at <= 60 %, the best scales, and flex against PI-only, weak-last and
-    fewer steps, each at its lowest-FID scale."""
+def _t2i_claims(rep, tmp_path, fewer_fid: float = 80.0) -> str:
+    """claims.md of `t2i_claims_report` on a made-up two-seed final.csv (fewer steps: 30 DDPM steps at 60 %, FID
+    `fewer_fid` + seed, alignment 87 %)."""
     import pandas as pd
 
-    rep = _load("t2i_claims_report", monkeypatch)
     rows = []
     for seed in (0, 1):
         for ckpt, steps, sched, s1, compute, fid, acc in (
@@ -223,20 +222,30 @@ def test_t2i_claims_report_verdicts(monkeypatch, tmp_path):
                 ("d", 50, "22/22", "3", 0.593, 85.0, 0.85), ("d", 50, "22/22", "6", 0.593, 122.0, 0.895),
                 ("p", 50, "22/22", "3", 0.593, 150.0, 0.70),
                 ("d", 50, "4:22,8:28/4:22,8:28", "3", 0.593, 95.0, 0.86),
-                ("d", 30, "30/30", "2", 0.6, 80.0, 0.87)):
+                ("d", 30, "30/30", "2", 0.6, fewer_fid, 0.87)):
             rows.append(dict(ckpt=ckpt, solver="ddpm", steps=steps, sched=sched, guid="cfg", s1=s1, s2="", s0="",
                              seed=seed, num_samples=2000, compute=compute, fid=fid + seed, class_accuracy=acc,
                              precision=0.6, recall=0.5, ref_images=10000))
     csv_path = tmp_path / "final.csv"
     pd.DataFrame(rows).to_csv(csv_path, index=False)
     assert rep.main([str(csv_path), "--out", str(tmp_path), "--budgets", "0.60"]) == 0
-    text = (tmp_path / "claims.md").read_text()
+    return (tmp_path / "claims.md").read_text()
+
+
+def test_t2i_claims_report_verdicts(monkeypatch, tmp_path):
+    """#13's verdicts: the fixed-CFG match at <= 60 %, the best scales, and flex against PI-only, weak-last and
+    fewer steps, each at its lowest-FID scale; a lower FID with 2 points less alignment is mixed, not a win."""
+    rep = _load("t2i_claims_report", monkeypatch)
+    text = _t2i_claims(rep, tmp_path)
     assert "Fixed CFG 4.5, a weak-first schedule (<= 60 % compute, FID <= 126.5, alignment >= 89.0 %): REACHED.**" \
         in text
     assert "The cheapest match: 50 ddpm steps, schedule 22/22 (cfg s1 6; d)" in text
     assert "HOLDS.** Flex's lowest FID is at s1 3" in text and "the baseline's at s1 2" in text
     assert "Flex beats PI-only: FID 43.2 % lower" in text and "Flex beats weak-last: FID 10.5 % lower" in text
     assert "Flex does NOT beat fewer steps: FID 6.2 % higher, alignment -2.0 points" in text
+    mixed = _t2i_claims(rep, tmp_path, fewer_fid=90.0)  # flex 85 / 85 % against 90 / 87 %
+    assert "Flex vs fewer steps is MIXED: FID 5.5 % lower, alignment -2.0 points" in mixed
+    assert "Flex beats fewer steps" not in mixed and "Flex beats weak-last: FID 10.5 % lower" in mixed
 
 
 def test_video_claims_runs_resumes_and_reports(tmp_path, monkeypatch):
