@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One short GPU lease (the workplace's `device` tool: one H100/H200 that brings its own CUDA torch, no network), in
 # one command. Each stage is `flexcli profile` with random weights, bf16, batch 2 (one CFG step) unless said, in
-# priority order, each under its own time limit (570 s together, so the whole fits a 10-minute `run`; the real
-# duration has not been measured) so that a slow stage cannot starve the rest:
+# priority order, each under its own time limit (540 s together, so that the whole fits a 10-minute `run`; the
+# real duration has not been measured) so that a slow stage cannot starve the rest:
 #   1. DiT-XL/2 at 512x512 (latent 64), patch 2 and 4, compiled: latency vs FLOPs (issue #5's acceptance row);
 #   2. the T2I shape: PixArt-XL/2-512 (latent 64, full-length 120-token captions), patch 2 and 4, compiled;
 #   3. the T2V shape: Wan2.1-T2V-1.3B at the paper's T2V latent 32x88x48 (33,792 tokens at (1, 2, 2)), patches
@@ -61,7 +61,7 @@ stage t2i_pixart_512_compiled 150 --model PixArt-XL/2-512 --patch-sizes 2,4 --ba
 stage t2v_wan_1p3b_eager 120 --model Wan2.1-T2V-1.3B --latent 32x88x48 --patch-sizes 1x2x2,2x2x2,1x4x4 --batch 2 \
   --repeats 5 "${TIMING[@]}"
 if [ -z "${DRY_RUN:-}" ]; then
-  stage dit_xl2_256_schedules 150 --model DiT-XL/2 --image-size 256 --schedules 250/250,130/130,70/70 --steps 250 \
+  stage dit_xl2_256_schedules 120 --model DiT-XL/2 --image-size 256 --schedules 250/250,130/130,70/70 --steps 250 \
     --solver ddpm --cfg-scale 4 --batch 8 --repeats 1 "${TIMING[@]}"
 fi
 
