@@ -59,7 +59,7 @@ def fixed_cfg(cells: pd.DataFrame, cfg: float, budget: float) -> list[str]:
         return [f"- **Fixed CFG {cfg:g}:** no complete baseline cell at s1 = {cfg:g}."]
     b = base.iloc[0]
     cand = cells[(cells.kind != "baseline") & (cells.compute <= budget + TOL)]
-    fid_lim, acc_lim = 1.05 * b.fid_mean, b.class_accuracy_mean - 0.01
+    fid_lim, acc_lim = 1.05 * b.fid_mean, b.class_accuracy_mean - ALIGN_TOL / 100
     match = cand[(cand.fid_mean <= fid_lim) & (cand.class_accuracy_mean >= acc_lim)]
     head = (f"- **Fixed CFG {cfg:g}, a weak-first schedule (<= {100 * budget:.0f} % compute, FID <= {fid_lim:.1f}, "
             f"alignment >= {100 * acc_lim:.1f} %): ")
