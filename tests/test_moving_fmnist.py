@@ -1,8 +1,9 @@
 """Moving Fashion-MNIST and its Wan base (issue #15, groundwork): the clips are deterministic, in range, and their
 items move along their paths (the ink's bounding box follows the path exactly); held-out items are not training
 items; the shapes divide by both weak modes; `flexcli builtin train-base` trains a tiny Wan with flow matching
-(finite loss, bit-identical resume), and its checkpoint loads through the Wan family and flexifies with the
-temporal 2x4x4 and spatial 1x8x8 modes, the pretrained size bit-identical."""
+(finite loss, bit-identical resume; also with single frames of further clips beside each batch), and its
+checkpoint loads through the Wan family and flexifies with the temporal 2x4x4 and spatial 1x8x8 modes, the
+pretrained size bit-identical."""
 from __future__ import annotations
 
 import hashlib
@@ -105,6 +106,30 @@ def test_tiny_flow_matching_run_resumes_exactly(tmp_path):
     rest = P.pretrain(P.resolve(RECIPE, TINY), tmp_path / "b", resume=True)
     assert part.losses + rest.losses == a.losses  # exact, on the CPU in fp32
     assert "1x4x4" in (tmp_path / "a" / P.CSV_NAME).read_text().splitlines()[1]
+
+
+def test_joint_image_video_training_adds_single_frames_and_resumes_exactly(tmp_path, monkeypatch):
+    joint = P.resolve(RECIPE, {**TINY, "image_batch_size": 6})
+    run = P._setup(joint, tmp_path / "probe", resume=False)
+    order = run.order.take(4 + 6)
+    run = P._setup(joint, tmp_path / "probe", resume=False)
+    batches, loss = [], P._loss
+    monkeypatch.setattr(P, "_loss", lambda r, c, d, x0, y: batches.append(x0) or loss(r, c, d, x0, y))
+    P._train_step(run, joint, None)
+    clips, frames = batches
+    assert torch.equal(clips, run.data.latents[order[:4]])
+    assert frames.shape == (6, 1, 1, 32, 32)  # one frame of each of the next 6 clips, as a 1-frame video
+    for frame, clip in zip(frames, run.data.latents[order[4:]]):
+        assert any(torch.equal(frame[:, 0], clip[:, f]) for f in range(clip.shape[1]))
+    monkeypatch.undo()
+    a = P.pretrain(joint, tmp_path / "a")
+    plain = P.pretrain(P.resolve(RECIPE, TINY), tmp_path / "p")
+    assert all(torch.isfinite(torch.tensor(a.losses))) and a.losses != plain.losses
+    part = P.pretrain(joint, tmp_path / "b", stop_after=2)
+    rest = P.pretrain(joint, tmp_path / "b", resume=True)
+    assert part.losses + rest.losses == a.losses  # exact, on the CPU in fp32
+    with pytest.raises(Exception, match="image_batch_size trains single frames of video clips"):
+        P.resolve(None, {"model": "DiT-FMNIST/4", "image_batch_size": 8})
 
 
 def test_checkpoint_loads_as_wan_and_flexifies_bit_identically(tmp_path):

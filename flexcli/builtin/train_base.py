@@ -13,11 +13,13 @@ objective is DiT's diffusion or flow matching.
 
 Objective: DiT's (MSE on eps + the VB term, learned sigma) with uniform timesteps for DiT and PixArt; for Wan,
 flow matching: x_sigma = (1 - sigma) x0 + sigma noise, the model sees t = 1000 sigma and predicts the velocity
-noise - x0 (MSE), sigma drawn as `flexcli.train.flow.sample_sigmas` with the recipe's `flow_shift`. Label (or
-caption) dropout for classifier-free guidance (a dropped caption becomes the learned null caption, trained here,
-or for Wan the encoded empty caption), AdamW, linear warm-up then cosine decay, gradient clipping and a warmed-up
-EMA (`flexcli.train.state.EMA`). On the CPU in fp32 the same seed gives the same loss curve: every random draw
-comes from one seeded generator, and the model's own label dropout is off (eval mode; we drop labels ourselves).
+noise - x0 (MSE), sigma drawn as `flexcli.train.flow.sample_sigmas` with the recipe's `flow_shift`; with
+`image_batch_size`, each step also trains single frames of further clips as 1-frame videos (Wan 2.1's joint
+image-video training). Label (or caption) dropout for classifier-free guidance (a dropped caption becomes the
+learned null caption, trained here, or for Wan the encoded empty caption), AdamW, linear warm-up then cosine
+decay, gradient clipping and a warmed-up EMA (`flexcli.train.state.EMA`). On the CPU in fp32 the same seed gives
+the same loss curve: every random draw comes from one seeded generator, and the model's own label dropout is off
+(eval mode; we drop labels ourselves).
 
 Outputs in --out (written atomically, refreshed every `ckpt_every` steps, so an interrupted run is usable):
 `model.safetensors` (EMA weights, official DiT names, training metadata), `raw.safetensors` (raw weights),
@@ -63,6 +65,8 @@ class PretrainConfig:
     flow_shift: float = 1.0  # flow matching (Wan) only: sigma = s u / (1 + (s - 1) u), u uniform; 1 = uniform
     steps: int = 4000
     batch_size: int = 128
+    image_batch_size: int = 0  # video only: single frames of further clips trained beside each batch (Wan's joint
+    #                            image-video training: 1-frame videos, a quarter of a 4-frame clip's tokens)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio after the warm-up
     warmup_steps: int = 200
@@ -89,6 +93,9 @@ def _validate(cfg: PretrainConfig, where: str) -> None:
          f"choose one of: {', '.join(NAMED_CONFIGS)}, {', '.join(PIXART_CONFIGS)}, {', '.join(WAN_CONFIGS)}")
     need(cfg.flow_shift > 0, "flow_shift must be positive", "e.g. flow_shift: 1.0")
     need(cfg.steps >= 1 and cfg.batch_size >= 1, "steps and batch_size must be positive", "e.g. steps: 4000")
+    need(cfg.image_batch_size >= 0, "image_batch_size must be 0 or more", "e.g. image_batch_size: 64")
+    need(not cfg.image_batch_size or cfg.model in WAN_CONFIGS, f"image_batch_size trains single frames of video "
+         f"clips, but {cfg.model} is not a video model", "drop image_batch_size, or train a Wan model")
     need(cfg.lr > 0 and 0 <= cfg.min_lr_ratio <= 1, "lr must be positive, min_lr_ratio in [0, 1]", "e.g. lr: 1.0e-3")
     need(0 <= cfg.label_dropout < 1, "label_dropout must lie in [0, 1)", "e.g. label_dropout: 0.1")
     need(0 <= cfg.ema_decay < 1, "ema_decay must lie in [0, 1)", "e.g. ema_decay: 0.999")
@@ -216,6 +223,9 @@ def _train_step(run: _Run, cfg: PretrainConfig, diffusion) -> tuple[float, float
     else:
         y = obj.drop_labels(run.data.labels[idx], cfg.label_dropout, run.model_cfg.num_classes, run.gen)
     loss = _loss(run, cfg, diffusion, x0, y)
+    if cfg.image_batch_size:  # every example weighs the same, clip or frame
+        loss = (cfg.batch_size * loss + cfg.image_batch_size * _frame_loss(run, cfg, diffusion)) / (
+            cfg.batch_size + cfg.image_batch_size)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(run.params.values(), cfg.grad_clip if cfg.grad_clip else float("inf"))
@@ -225,17 +235,28 @@ def _train_step(run: _Run, cfg: PretrainConfig, diffusion) -> tuple[float, float
     return float(loss.detach()), lr, float(gn)
 
 
+def _frame_loss(run: _Run, cfg: PretrainConfig, diffusion) -> torch.Tensor:
+    """Joint image-video training (Wan 2.1): the next `image_batch_size` clips of the data order, one frame of each
+    (drawn uniformly) as a 1-frame video with its clip's caption, caption dropout as for the clips."""
+    idx = run.order.take(cfg.image_batch_size)
+    clips = run.data.latents[idx]  # (B, C, F, H, W)
+    frame = torch.randint(clips.shape[2], (len(idx),), generator=run.gen)
+    x0 = clips[torch.arange(len(idx)), :, frame].unsqueeze(2)  # (B, C, 1, H, W)
+    y = run.data.dropped(idx, cfg.label_dropout, run.gen, run.model.learned_null_caption())
+    return _loss(run, cfg, diffusion, x0, y)
+
+
 def _loss(run: _Run, cfg: PretrainConfig, diffusion, x0: torch.Tensor, y) -> torch.Tensor:
     """The batch's mean loss: DiT's (MSE + VB) at uniform timesteps, or flow matching's velocity MSE (Wan)."""
     if _is_flow(run.model):
         from flexcli.diffusion.process import mean_flat
         from flexcli.train.flow import noised, sample_sigmas
 
-        sigma = sample_sigmas(cfg.batch_size, run.gen, "uniform", shift=cfg.flow_shift)
+        sigma = sample_sigmas(len(x0), run.gen, "uniform", shift=cfg.flow_shift)
         noise = torch.randn(x0.shape, generator=run.gen)
         out = run.model(noised(x0, sigma, noise), 1000.0 * sigma, y)
         return mean_flat((out.float() - (noise - x0)) ** 2).mean()
-    t = obj.sample_timesteps(cfg.batch_size, run.gen)
+    t = obj.sample_timesteps(len(x0), run.gen)
     noise = torch.randn(x0.shape, generator=run.gen)
     x_t = diffusion.q_sample(x0, t, noise)
     out = run.model(x_t, t, y)
@@ -263,7 +284,8 @@ def _pretrain(cfg: PretrainConfig, out_dir: Path, resume: bool, stop_after: int 
     n_params = sum(t.numel() for t in run.params.values())
     say(f"{cfg.model}: {n_params / 1e6:.2f}M parameters, {_tokens(run)} tokens; {run.data.source}, "
         f"{len(run.data)} {'clips' if len(run.model.base_patch) == 3 else 'images'}; "
-        f"steps {run.step}..{cfg.steps}, batch {cfg.batch_size}")
+        f"steps {run.step}..{cfg.steps}, batch {cfg.batch_size}"
+        + (f" + {cfg.image_batch_size} single frames" if cfg.image_batch_size else ""))
     patch = "x".join(map(str, run.model.base_patch)) if len(run.model.base_patch) == 3 else run.model_cfg.patch_size
     losses: list[float] = []
     last_loss, times = float("nan"), []

@@ -15,6 +15,7 @@ def train_base(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its state.pt."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps in total."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size."),
+    image_batch_size: Optional[int] = typer.Option(None, help="Video only: single frames of further clips per step, trained as 1-frame videos (joint image-video training)."),
     seed: Optional[int] = typer.Option(None, help="Seed of every random draw."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (the same seed and thread count give the same curve)."),
     data_limit: Optional[int] = typer.Option(None, help="Use only the first N training images (or clips)."),
@@ -23,7 +24,7 @@ def train_base(
     with user_errors():
         from flexcli.builtin.train_base import EMA_NAME, pretrain, resolve
 
-        cfg = resolve(recipe, {"steps": steps, "batch_size": batch_size, "seed": seed, "threads": threads,
-                               "data_limit": data_limit})
+        cfg = resolve(recipe, {"steps": steps, "batch_size": batch_size, "image_batch_size": image_batch_size,
+                               "seed": seed, "threads": threads, "data_limit": data_limit})
         res = pretrain(cfg, out, resume=resume, say=log)
         result(str(res.out_dir / EMA_NAME))
