@@ -25,7 +25,6 @@ runner = CliRunner()
 FAST = ["--repeats", "2", "--warmup", "1"]
 
 
-
 @pytest.fixture(scope="module")
 def flex_ckpt(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
