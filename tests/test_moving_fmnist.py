@@ -98,16 +98,16 @@ def test_training_data_has_captions_naming_the_class(tmp_path):
     assert data.null_embeds is not None  # Wan has no learned null caption: the encoded empty one
 
 
-@pytest.mark.parametrize("frames", [0, 6], ids=["clips", "clips+frames"])
-def test_tiny_flow_matching_run_resumes_exactly(tmp_path, frames):
-    cfg = P.resolve(RECIPE, {**TINY, "image_batch_size": frames})
-    a = P.pretrain(cfg, tmp_path / "a")
-    assert len(a.losses) == 4 and all(torch.isfinite(torch.tensor(a.losses)))
-    assert 1.0 < a.losses[0] < 3.0  # ~ E|noise - x0|^2 with a zero output layer at the start
-    part = P.pretrain(cfg, tmp_path / "b", stop_after=2)
-    rest = P.pretrain(cfg, tmp_path / "b", resume=True)
-    assert part.losses + rest.losses == a.losses  # exact, on the CPU in fp32
-    assert "1x4x4" in (tmp_path / "a" / P.CSV_NAME).read_text().splitlines()[1]
+def test_tiny_flow_matching_run_resumes_exactly(tmp_path):
+    for frames in (0, 6):  # clips only, and with single frames of further clips beside each batch
+        cfg, run = P.resolve(RECIPE, {**TINY, "image_batch_size": frames}), tmp_path / f"frames{frames}"
+        a = P.pretrain(cfg, run / "a")
+        assert len(a.losses) == 4 and all(torch.isfinite(torch.tensor(a.losses)))
+        assert 1.0 < a.losses[0] < 3.0  # ~ E|noise - x0|^2 with a zero output layer at the start
+        part = P.pretrain(cfg, run / "b", stop_after=2)
+        rest = P.pretrain(cfg, run / "b", resume=True)
+        assert part.losses + rest.losses == a.losses  # exact, on the CPU in fp32
+        assert "1x4x4" in (run / "a" / P.CSV_NAME).read_text().splitlines()[1]
 
 
 def test_joint_image_video_training_adds_single_frames_of_the_next_clips(tmp_path, monkeypatch):
@@ -123,7 +123,8 @@ def test_joint_image_video_training_adds_single_frames_of_the_next_clips(tmp_pat
     assert frames.shape == (6, 1, 1, 32, 32)  # one frame of each of the next 6 clips, as a 1-frame video
     for frame, clip in zip(frames, run.data.latents[order[4:]]):
         assert any(torch.equal(frame[:, 0], clip[:, f]) for f in range(clip.shape[1]))
-    assert step_loss == pytest.approx(float(4 * losses[0].detach() + 6 * losses[1].detach()) / 10)  # every example weighs the same
+    weighted = float(4 * losses[0].detach() + 6 * losses[1].detach()) / 10
+    assert step_loss == pytest.approx(weighted)  # every example weighs the same, clip or frame
     with pytest.raises(Exception, match="image_batch_size trains single frames of video clips"):
         P.resolve(None, {"model": "DiT-FMNIST/4", "image_batch_size": 8})
 
