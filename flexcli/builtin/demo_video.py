@@ -54,7 +54,8 @@ class VideoJobSettings:
     flow_shift: float = 3.0
     weak_steps: list[int] = field(default_factory=lambda: [10, 15, 20])  # per mode: steps run weak, first
     cfg_scales: list[float] = field(default_factory=lambda: [3.0, 5.0])
-    baseline_steps: list[int] = field(default_factory=lambda: [10])  # the fewer-steps baseline (all-powerful)
+    baseline_steps: list[int] = field(default_factory=lambda: [10, 14])  # the fewer-steps baseline (all-powerful):
+    # 50 and 70 % of the compute, the rivals of the schedules at or above those levels
     cells: list[dict] = field(default_factory=list)  # {mode, schedule (x/y at `steps`), cfg_scale, options}
     fid_tol: float = 0.05  # a match: FID <= baseline x (1 + fid_tol), ...
     accuracy_tol: float = 2.0  # ... accuracy >= baseline - accuracy_tol points, |temporal_gap| <= 1
