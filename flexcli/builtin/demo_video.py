@@ -303,6 +303,18 @@ def plot_fig8(csv: Path, path: Path, job: VideoJobSettings) -> Path:
     return path
 
 
+def baseline_row(rows: list[dict], job: VideoJobSettings) -> dict:
+    """The all-powerful baseline at `job.steps`, at its lowest-FID guidance scale."""
+    return min((r for r in rows if r["mode"] == "powerful" and r["steps"] == job.steps), key=lambda r: r["fid"])
+
+
+def matches_baseline(row: dict, base: dict, job: VideoJobSettings) -> bool:
+    """A match: FID within `fid_tol` of the baseline's, accuracy within `accuracy_tol` points, and the temporal
+    distance within the real clips' spread (|temporal_gap| <= 1)."""
+    return (row["fid"] <= base["fid"] * (1 + job.fid_tol) and abs(row["temporal_gap"]) <= 1
+            and 100 * row["class_accuracy"] >= 100 * base["class_accuracy"] - job.accuracy_tol)
+
+
 def summary_lines(rows: list[dict], job: VideoJobSettings) -> list[str]:
     """Every row, then per mode the cheapest match of the all-powerful baseline (at any scale vs the baseline at
     its lowest-FID scale) and flex against the fewer-steps baseline at equal or lower compute."""
@@ -312,20 +324,15 @@ def summary_lines(rows: list[dict], job: VideoJobSettings) -> list[str]:
         lines.append(f"{r['label']:<42} {100 * r['compute_fraction']:>7.1f}% {fid(r):>8.2f} "
                      f"{100 * r['class_accuracy']:>6.1f} {r['temporal']:>9.2f} {r['temporal_gap']:>6.2f} "
                      f"{r['speed']:>6.2f}")
-    full = [r for r in rows if r["mode"] == "powerful" and r["steps"] == job.steps]
-    base = min(full, key=fid)
+    base = baseline_row(rows, job)
     lines += ["", f"baseline: {base['label']} (its lowest-FID scale): FID {fid(base):.2f}, accuracy "
               f"{100 * base['class_accuracy']:.1f} %, temporal gap {base['temporal_gap']:.2f}",
               f"a match: FID <= {fid(base) * (1 + job.fid_tol):.2f}, accuracy >= "
               f"{100 * base['class_accuracy'] - job.accuracy_tol:.1f} %, |temporal gap| <= 1 (the real clips' std)"]
-
-    def matches(r):
-        return (fid(r) <= fid(base) * (1 + job.fid_tol) and 100 * r["class_accuracy"] >= 100 * base["class_accuracy"]
-                - job.accuracy_tol and abs(r["temporal_gap"]) <= 1)
     fewer = [r for r in rows if r["mode"] == "powerful" and r["steps"] < job.steps]
     for mode in job.modes:
         flex = [r for r in rows if r["mode"] == mode]
-        ok = [r for r in flex if matches(r)]
+        ok = [r for r in flex if matches_baseline(r, base, job)]
         if ok:
             best = min(ok, key=lambda r: (r["compute_fraction"], fid(r)))
             lines.append(f"{mode}: most compute saved with a match: {100 * (1 - best['compute_fraction']):.1f} % "
