@@ -8,9 +8,12 @@ and seeded seed x 1,000,000 + i; FID per frame against `--ref-clips` held-out re
 * per mode, the weak-first schedules that run each of `--weak-steps` weak, at every `--cfg-scales`;
 * per mode, `--weak-guidance` schedules (x/y, y < x) with weak guidance (§3.4);
 * per mode, the ablations at `--ablation` (x/x): PI-only (the flexified checkpoint, not distilled) and weak-last.
-Rows are appended to the CSV as they finish, so a run resumes (a (label, seed) already there is skipped);
-`--shard i/n` splits the cells over processes, one CSV each (`cells.shardI.csv`). `--report` reads every CSV in
---out and writes `claims.md`: each cell's mean and seed spread, and the issue's verdicts.
+Cells run seed-major (every cell at the first seed, then the next). Rows are appended to the CSV as they finish,
+so a run resumes: a (label, seed) in any CSV in --out is skipped. `--shard i/n` splits the cells over processes,
+one CSV each (`cells.shardI.csv`). `--report` reads every CSV in --out and writes `claims.md`: each cell's mean
+and seed spread, and the issue's verdicts. `--prepare` only distils and encodes the prompts: a lent GPU has no
+MiniLM and no training data, so `benchmarks/video_bundle.sh` packs the distilled checkpoints, the encoded prompts
+and the test split for `benchmarks/gpu_session.sh` (there the PI-only checkpoints are flexified again).
 
     python benchmarks/video_claims.py --out benchmarks/results/video --work runs/video-bench \\
         --num-samples 1000 --seeds 0,1,2 --shard 0/2 &
@@ -46,6 +49,17 @@ def cells(job: V.VideoJobSettings, weak_guidance: list[str], ablation: str) -> l
             out.append(("distilled", V.Setting(mode, ablation, job.steps, c, {"order": "weak-last"})))
             out.append(("pi-only", V.Setting(mode, ablation, job.steps, c)))
     return out
+
+
+def _prompts(work: Path, num_samples: int, text_length: int) -> tuple[Path, list[int]]:
+    """The held-out prompts' embeddings file (MiniLM-encoded once, then reused: a GPU lease has no MiniLM) and
+    each sample's class."""
+    from flexcli.builtin.captions import heldout_prompt_set
+
+    path = work / f"prompts-{num_samples}.safetensors"
+    if path.exists():
+        return path, heldout_prompt_set(num_samples)[1]
+    return V.write_prompts(path, num_samples, text_length, work / "cache", negative=True)
 
 
 def _done(path: Path) -> set[tuple[str, int]]:
@@ -86,21 +100,25 @@ def run(args) -> Path:
         flex, distilled = work / f"flex-{name}.safetensors", work / f"distill-{name}" / "distilled.safetensors"
         if not distilled.exists():  # one process distils; run shards after it finished
             flex, distilled, _ = V.flexify_and_distill(base, name, patch, job, work, quiet)
+        elif not flex.exists():  # a work folder carried without it (--prepare): LoRA B starts at zero, so the
+            flex = V.flexify_mode(base, name, patch, job, work)  # PI-only model is the same whatever A's random init
         ckpts[("distilled", name)], ckpts[("pi-only", name)] = distilled, flex
+    from flexcli.api import load_model
+
+    embeds, labels = _prompts(work, args.num_samples, load_model(base).text_length)
+    if args.prepare:
+        return work
     net, _ = classifier.load_classifier()
     real, _ = heldout_clips(args.ref_clips)
     ref = score_clips(real, net)
-    from flexcli.api import load_model
-
-    embeds, labels = V.write_prompts(work / f"prompts-{args.num_samples}.safetensors", args.num_samples,
-                                     load_model(base).text_length, work / "cache", negative=True)
     opts = metric_options(args.num_samples * ref.predicted.shape[1], work / "cache")
     index, count = args.shard
-    todo = [(kind, s, seed) for kind, s in cells(job, args.weak_guidance, args.ablation) for seed in args.seeds]
+    # seed-major, so that a run cut short has every cell at its first seeds
+    todo = [(kind, s, seed) for seed in args.seeds for kind, s in cells(job, args.weak_guidance, args.ablation)]
     todo = todo[index::count]
     path = args.out / (f"cells.shard{index}.csv" if count > 1 else "cells.csv")
     args.out.mkdir(parents=True, exist_ok=True)
-    done = _done(path)
+    done = set().union(*map(_done, args.out.glob("cells*.csv")))  # done by any shard layout, or an earlier run
     (work / "runs").mkdir(exist_ok=True)
     for kind, s, seed in todo:
         label = f"{'PI-only ' if kind == 'pi-only' else ''}{s.label}"
@@ -176,13 +194,19 @@ def report(out: Path, steps: int, fid_tol: float = 0.05, acc_tol: float = 2.0) -
             if same:
                 mine = min(same, key=lambda c: c["fid"])
                 lines.append(f"- {mode}: distilled weak-first {fmt(mine)} vs {name} {fmt(rival)}")
-    lines += ["", "## Flex vs fewer steps at equal or lower compute (best scale each)"]
+    lines += ["", "## Flex vs fewer steps at equal or lower compute (the lowest-FID cell of each)",
+              f"Flex beats fewer steps with a lower FID and at most {acc_tol:g} points less accuracy, does NOT beat "
+              f"them with a higher FID and at most {acc_tol:g} points more, and is MIXED otherwise.", ""]
     fewer = [c for c in cells_ if c["mode"] == "powerful" and int(c["steps"]) < steps]
-    for f in sorted(fewer, key=lambda c: c["compute"]):
+    for n in sorted({int(c["steps"]) for c in fewer}):
+        f = min((c for c in fewer if int(c["steps"]) == n), key=lambda c: c["fid"])
         at = [c for c in flex if c["compute"] <= f["compute"] + 1e-9]
         if at:
             best = min(at, key=lambda c: c["fid"])
-            lines.append(f"- {fmt(best)} {'beats' if best['fid'] < f['fid'] else 'loses to'} {fmt(f)}")
+            dacc = 100 * (best["class_accuracy"] - f["class_accuracy"])
+            verdict = ("beats" if best["fid"] < f["fid"] and dacc >= -acc_tol else
+                       "does NOT beat" if best["fid"] >= f["fid"] and dacc <= acc_tol else "is MIXED against")
+            lines.append(f"- {fmt(best)} **{verdict}** {fmt(f)}")
     lines += ["", "## Every cell", ""] + [f"- {fmt(c)}" for c in sorted(cells_, key=lambda c: -c["compute"])]
     return _write(out, lines)
 
@@ -203,6 +227,9 @@ def main(argv=None) -> Path:
     ap.add_argument("--work", type=Path, default=Path("runs/video-bench"), help="checkpoints and samples")
     ap.add_argument("--base", type=Path, default=None, help="the base (default: the shipped Wan-FMNIST)")
     ap.add_argument("--report", action="store_true", help="write claims.md from the CSVs in --out, then stop")
+    ap.add_argument("--prepare", action="store_true",
+                    help="distil both modes and encode the prompts into --work, then stop (before a GPU lease: "
+                         "benchmarks/video_bundle.sh)")
     ap.add_argument("--distill-steps", type=int, default=1000)
     ap.add_argument("--lora-rank", type=int, default=32)
     ap.add_argument("--num-samples", type=int, default=1000)
@@ -219,6 +246,8 @@ def main(argv=None) -> Path:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--shard", type=lambda t: tuple(int(x) for x in t.split("/")), default=(0, 1))
     args = ap.parse_args(argv)
+    if args.prepare:
+        return run(args)
     if args.report:
         path = report(args.out, args.steps)
     else:

@@ -268,12 +268,50 @@ def test_video_claims_runs_resumes_and_reports(tmp_path, monkeypatch):
     a = next(r for r in rows if r["label"] == "powerful 2 steps @4" and r["seed"] == "0")
     b = next(r for r in rows if r["label"] == "powerful 2 steps @4" and r["seed"] == "1")
     assert a["fid"] != b["fid"]  # seeds differ
+    assert [r["seed"] for r in rows] == ["0"] * 12 + ["1"] * 12  # seed-major: a run cut short has whole seeds
     mod.main(argv)
     assert len(list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))) == 24  # resumed: nothing re-run
     text = report.read_text()
     for heading in ("Most compute saved", "Distilled vs PI-only", "Flex vs fewer steps", "Every cell"):
         assert heading in text
     assert "vs PI-only" in text and "vs weak-last" in text
+
+
+def test_video_claims_runs_from_a_carried_work_folder_without_minilm(tmp_path, monkeypatch):
+    """On a lent GPU (no MiniLM, no training data) the claims run from what benchmarks/video_bundle.sh packs: the
+    distilled checkpoints and the encoded prompts. The PI-only checkpoints are flexified again there, and every row
+    equals the one from the folder that made them (LoRA B starts at zero, so A's random init cannot show)."""
+    import shutil
+
+    from wan_helpers import tiny_fmnist_wan_base
+
+    from flexcli.builtin import captions
+
+    base = tiny_fmnist_wan_base(tmp_path / "base.safetensors")
+    mod = _load("video_claims", monkeypatch)
+    common = ["--base", str(base), "--lora-rank", "4", "--distill-steps", "2", "--num-samples", "10",
+              "--ref-clips", "20", "--seeds", "0", "--steps", "2", "--weak-steps", "1", "--baseline-steps", "1",
+              "--cfg-scales", "4", "--weak-guidance", "", "--ablation", "1/1", "--batch-size", "10", "--threads", "1"]
+    made, carried = tmp_path / "made", tmp_path / "carried"
+    assert mod.main(common + ["--work", str(made), "--prepare"]) == made
+    assert not (made / "runs").exists()  # --prepare samples nothing
+    for mode in ("temporal", "spatial"):
+        (carried / f"distill-{mode}").mkdir(parents=True)
+        shutil.copy(made / f"distill-{mode}" / "distilled.safetensors", carried / f"distill-{mode}")
+    shutil.copy(made / "prompts-10.safetensors", carried)
+
+    def no_minilm(*a, **k):
+        raise AssertionError("MiniLM loaded")
+    monkeypatch.setattr(captions, "_minilm", no_minilm)
+    mod.main(common + ["--work", str(made), "--out", str(tmp_path / "out-made")])
+    mod.main(common + ["--work", str(carried), "--out", str(tmp_path / "out-carried")])
+    assert (carried / "flex-temporal.safetensors").exists() and (carried / "flex-spatial.safetensors").exists()
+    keys = ("label", "checkpoint", "fid", "class_accuracy", "temporal_gap")
+    rows = [[{k: r[k] for k in keys} for r in csv.DictReader(open(tmp_path / out / "cells.csv"))]
+            for out in ("out-made", "out-carried")]
+    # baseline + 1 fewer step, 2 modes x (a schedule, weak-last, PI-only)
+    assert len(rows[0]) == 8 and sum(r["checkpoint"] == "pi-only" for r in rows[0]) == 2
+    assert rows[0] == rows[1]
 
 
 def test_gpu_session_dry_run_profiles_every_shape(tmp_path):
@@ -294,3 +332,14 @@ def test_gpu_session_dry_run_profiles_every_shape(tmp_path):
     assert got[("Wan2.1-T2V-1.3B", "2x2x2")] == (16896, 96634.78)
     assert got[("Wan2.1-T2V-1.3B", "1x4x4")] == (8448, 35246.28)
     assert "no CSV" not in (tmp_path / "session.log").read_text()
+
+
+def test_profile_summary_checks_dit_rows_beside_3d_patches(tmp_path, capsys, monkeypatch):
+    """The H200 run of 2026-12-04 (benchmarks/results/gpu_h200/profile.csv): once Wan's 3-D patches ("1x2x2") share
+    the patch column it is text, and issue #5's check still finds the DiT-XL/2 rows and prints their ratios."""
+    mod = _load("profile_summary", monkeypatch)
+    assert mod.main([str(tmp_path), str(BENCH / "results" / "gpu_h200" / "profile.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "check (issue #5): DiT-XL/2 512x512 bf16 compiled on NVIDIA H200: p2 5.704 ms, p4 2.494 ms" in err
+    assert "latency ratio 0.4373 vs FLOPs ratio 0.2262 (+0.05 allowed): FAIL" in err
+    assert (tmp_path / "roofline.png").exists() and (tmp_path / "latency_vs_flops.png").exists()

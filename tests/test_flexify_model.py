@@ -151,3 +151,17 @@ def test_unsupported_patch_size_is_rejected(tiny):
     x, t, y = inputs(tiny.config)
     with pytest.raises(ValueError, match="not supported"):
         tiny(x, t, y, patch_size=4)
+
+
+
+def test_resized_tokenizers_stay_on_the_weights_device_and_dtype():
+    """A model already on an accelerator is flexified there (`flexcli profile --schedules` does this on CUDA): the
+    fixed resize maps, built on the CPU in float64, follow the weights (an H200 run failed in bmm before). The meta
+    device stands in for CUDA."""
+    from flexcli.flex.resize import pi_resize_matrix, resize_kernel, resize_rows
+
+    m = pi_resize_matrix(2, 4)
+    kernel = resize_kernel(torch.empty(8, 4, 2, 2, device="meta", dtype=torch.bfloat16), m, 4)
+    rows = resize_rows(torch.empty(16, 8, device="meta", dtype=torch.bfloat16), m, 4)
+    assert (kernel.device.type, kernel.dtype, kernel.shape) == ("meta", torch.bfloat16, (8, 4, 4, 4))
+    assert (rows.device.type, rows.dtype, rows.shape) == ("meta", torch.bfloat16, (64, 8))

@@ -65,6 +65,12 @@ def heldout_prompts(per_class: int, offset: int = 0) -> tuple[list[str], list[in
     return prompts, labels
 
 
+def heldout_prompt_set(num_samples: int) -> tuple[list[str], list[int]]:
+    """The held-out prompts of `num_samples` samples (sample i names class i mod 10) and their classes."""
+    prompts, labels = heldout_prompts(-(-num_samples // 10))
+    return prompts[:num_samples], labels[:num_samples]
+
+
 def class_of_prompt() -> dict[str, int]:
     """Caption -> the class it names, for every caption (training and held-out)."""
     return {p: c for c in range(10) for held in (False, True) for p in captions(c, held)}

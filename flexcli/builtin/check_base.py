@@ -45,9 +45,9 @@ def check_base(checkpoint: str | Path, out_dir: str | Path | None = None, *, num
     labels = [i % 10 for i in range(num_samples)]
     text = family_of(model).conditioning == "text"
     if text:
-        from flexcli.builtin.captions import heldout_prompts
+        from flexcli.builtin.captions import heldout_prompt_set
 
-        prompts = heldout_prompts(-(-num_samples // 10))[0][:num_samples]
+        prompts = heldout_prompt_set(num_samples)[0]
         cond = {"prompts": prompts, "text_encoder": "minilm"}
     else:
         cond = {"class_labels": list(range(10))}

@@ -26,13 +26,12 @@ FLOW_SHIFT = 3.0
 
 def check_video_base(checkpoint, model, net, meta: dict, out_dir, *, num_samples: int, steps: int,
                      cfg_scale: float, seed: int, batch_size: int, grid_per_class: int) -> dict:
-    from flexcli.builtin.captions import heldout_prompts
+    from flexcli.builtin.captions import heldout_prompt_set
     from flexcli.builtin.moving_fmnist import heldout_clips
     from flexcli.builtin.video_metrics import score_clips, temporal_reference
     from flexcli.sampling import SampleConfig, sample
 
-    prompts, labels = heldout_prompts(-(-num_samples // 10))
-    prompts, labels = prompts[:num_samples], labels[:num_samples]
+    prompts, labels = heldout_prompt_set(num_samples)
     cfg = SampleConfig(checkpoint=str(checkpoint), num_samples=num_samples, steps=steps, solver="flow-unipc",
                        flow_shift=FLOW_SHIFT, cfg_scale=cfg_scale, guidance="cfg", seed=seed,
                        batch_size=batch_size, prompts=prompts, text_encoder="minilm")

@@ -103,11 +103,10 @@ def write_prompts(path: Path, num_samples: int, text_length: int, cache_dir: Pat
     """Held-out prompts for `num_samples` samples (sample i names class i mod 10), encoded once by MiniLM, as a
     prompt-embeds file for `flexcli sample` (`--prompt-embeds`): (path, each sample's class). With `negative`, the
     encoded empty caption too, the null caption of models without a learned one (Wan)."""
-    from flexcli.builtin.captions import _minilm, encode_cached, heldout_prompts
+    from flexcli.builtin.captions import _minilm, encode_cached, heldout_prompt_set
     from flexcli.text import TextEncoding, save_prompt_embeds
 
-    prompts, labels = heldout_prompts(-(-num_samples // 10))
-    prompts, labels = prompts[:num_samples], labels[:num_samples]
+    prompts, labels = heldout_prompt_set(num_samples)
     embeds, mask = encode_cached(prompts, text_length, cache_dir)
     null = TextEncoding(*encode_cached([""], text_length, cache_dir), [""]) if negative else None
     save_prompt_embeds(path, TextEncoding(embeds, mask, prompts, negative=null), _minilm(text_length).identity)

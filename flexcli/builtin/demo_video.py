@@ -184,16 +184,22 @@ def run_video_job(out: str | Path, *, quick: bool = False, base: str | Path | No
                                                         out / CONFIG_NAME]}
 
 
+def flexify_mode(base: Path, name: str, patch, job: VideoJobSettings, work: Path) -> Path:
+    """`base` flexified with one weak mode (LoRA mode) into work/flex-NAME.safetensors."""
+    from flexcli.api import flexify_checkpoint
+
+    return flexify_checkpoint(base, [patch_text(patch)], work / f"flex-{name}.safetensors",
+                              lora_rank=job.lora_rank, force=True)[0]
+
+
 def flexify_and_distill(base: Path, name: str, patch, job: VideoJobSettings, work: Path,
                         progress: Progress) -> tuple[Path, Path, float]:
     """Flexify `base` with one weak mode (LoRA mode) into work/flex-NAME.safetensors and distil it into
     work/distill-NAME/: (the flexified checkpoint, the distilled one, the final distillation loss)."""
-    from flexcli.api import flexify_checkpoint
     from flexcli.train import distill
 
     progress(f"flexify {name}", 0, 1)
-    flex, _, _ = flexify_checkpoint(base, [patch_text(patch)], work / f"flex-{name}.safetensors",
-                                    lora_rank=job.lora_rank, force=True)
+    flex = flexify_mode(base, name, patch, job, work)
     progress(f"flexify {name}", 1, 1)
     cfg = distill_config(job.distill_steps, job.distill_batch, job.distill_lr, data_limit=4096, seed=job.seed,
                          data=DATA)

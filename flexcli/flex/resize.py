@@ -91,7 +91,7 @@ def resize_kernel(weight: torch.Tensor, matrix: torch.Tensor, patch: int | Patch
     """Tokenizer kernel (D, C, *p_src) -> (D, C, *p_dst) with w_dst = M w_src per (d, c) slice."""
     d, c = weight.shape[:2]
     flat = weight.reshape(d, c, -1)
-    out = torch.einsum("dcm,nm->dcn", flat, matrix.to(flat.dtype))
+    out = torch.einsum("dcm,nm->dcn", flat, matrix.to(flat))  # the weight's device and dtype
     return out.reshape(d, c, *as_patch(patch, weight.dim() - 2))
 
 
@@ -99,7 +99,7 @@ def resize_rows(weight: torch.Tensor, matrix: torch.Tensor, channels: int) -> to
     """De-tokenizer weight (prod(p_src) * C, D) or bias -> prod(p_dst) rows; channel index fastest."""
     tail = weight.shape[1:]
     grouped = weight.reshape(-1, channels, *tail)  # (n_src, C, ...)
-    out = torch.einsum("nm,mc...->nc...", matrix.to(weight.dtype), grouped)
+    out = torch.einsum("nm,mc...->nc...", matrix.to(weight), grouped)
     return out.reshape(-1, *tail)
 
 
