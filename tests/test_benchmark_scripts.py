@@ -343,3 +343,16 @@ def test_profile_summary_checks_dit_rows_beside_3d_patches(tmp_path, capsys, mon
     assert "check (issue #5): DiT-XL/2 512x512 bf16 compiled on NVIDIA H200: p2 5.704 ms, p4 2.494 ms" in err
     assert "latency ratio 0.4373 vs FLOPs ratio 0.2262 (+0.05 allowed): FAIL" in err
     assert (tmp_path / "roofline.png").exists() and (tmp_path / "latency_vs_flops.png").exists()
+
+
+def test_op_count_merged_weak_pass_dispatches_what_the_powerful_pass_does(tmp_path, monkeypatch):
+    """benchmarks/op_count.py on a DiT-S/2: merged LoRAs leave the weak pass as long as the powerful one (one add
+    more), while peft's unmerged LoRAs roughly double it: the launches an eager GPU step pays for."""
+    import pandas as pd
+
+    mod = _load("op_count", monkeypatch)
+    rows = pd.read_csv(mod.main(["--model", "DiT-S/2", "--image-size", "64", "--out", str(tmp_path / "ops.csv")]))
+    ops = {(r.lora, r.patch_size): r.ops for r in rows.itertuples()}
+    assert ops[("unmerged", 2)] == ops[("merged", 2)]  # the powerful pass never touches a LoRA
+    assert ops[("merged", 4)] == ops[("merged", 2)] + 1
+    assert ops[("unmerged", 4)] > 1.8 * ops[("merged", 4)]
