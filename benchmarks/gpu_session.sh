@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One short GPU lease (the workplace's `device` tool: one H100/H200 that brings its own CUDA torch, no network), in
 # one command. Each stage is `flexcli profile` with random weights, bf16, batch 2 (one CFG step) unless said, in
-# priority order, each under its own time limit (490 s together, so that the whole fits a 10-minute `run`) so that
+# priority order, each under its own time limit (590 s together, but all end by PROFILE_END, 540 s) so that
 # a slow stage cannot starve the rest. Measured on an H200 on 2026-12-04 (benchmarks/results/gpu_h200/): set-up
 # 26 s, stages 1-3 71, 98 and 39 s, stage 4 46 s (unmerged only, in a second call after a fix), stage 5 the rest.
-#   1. DiT-XL/2 at 512x512 (latent 64), patch 2 and 4, compiled: latency vs FLOPs (issue #5's acceptance row);
+#   1. DiT-XL/2 at 512x512 (latent 64), patch 2 and 4, compiled: latency vs FLOPs (issue #5's acceptance row),
+#      at batch 2 and again at batch 16 (at batch 2 the weak pass left the H200 mostly idle);
 #   2. the T2I shape: PixArt-XL/2-512 (latent 64, full-length 120-token captions), patch 2 and 4, compiled;
 #   3. the T2V shape: Wan2.1-T2V-1.3B at the paper's T2V latent 32x88x48 (33,792 tokens at (1, 2, 2)), patches
 #      1x2x2, 2x2x2 (temporal weak) and 1x4x4 (spatial weak), eager, 5 timed passes (0.6 PFLOP each at
@@ -60,14 +61,19 @@ else
   TIMING=(--device cuda --dtype bf16 --warmup 3)
   COMPILED=(--device cuda --dtype bf16 --warmup 5 --compile)
 fi
-stage() {  # stage NAME LIMIT_S ARGS...: one `flexcli profile` run into $WORK/NAME.csv, killed after LIMIT_S
-  local name=$1 limit=$2; shift 2
+stage() {  # stage NAME LIMIT_S ARGS...: one `flexcli profile` run into $WORK/NAME.csv, killed after LIMIT_S or at
+  local name=$1 limit=$2 left; shift 2  # PROFILE_END (540 s after the start), so that the merge always runs
+  left=$((${PROFILE_END:-540} - (SECONDS - START)))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 10 ]; then log "$name: skipped (past PROFILE_END)"; return; fi
   log "$name"
   timeout "$limit" "$PY" -m flexcli profile "$@" --force -o "$WORK/$name.csv" 2>&1 | tee -a "$OUT/session.log" >&2
   [ -f "$WORK/$name.csv" ] || log "$name: no CSV (failed or over its $limit s)"
 }
 
 stage dit_xl2_512_compiled 140 --model DiT-XL/2 --image-size 512 --patch-sizes 2,4 --batch 2 --repeats 50 \
+  "${COMPILED[@]}"
+stage dit_xl2_512_compiled_b16 100 --model DiT-XL/2 --image-size 512 --patch-sizes 2,4 --batch 16 --repeats 30 \
   "${COMPILED[@]}"
 stage t2i_pixart_512_compiled 140 --model PixArt-XL/2-512 --patch-sizes 2,4 --batch 2 --repeats 50 "${COMPILED[@]}"
 stage t2v_wan_1p3b_eager 90 --model Wan2.1-T2V-1.3B --latent 32x88x48 --patch-sizes 1x2x2,2x2x2,1x4x4 --batch 2 \
@@ -97,11 +103,15 @@ if [ -z "${DRY_RUN:-}" ] && [ -f "$BUNDLE" ]; then
           --batch-size 250 --threads 4)
   timeout 60 "$PY" "${CLAIMS[@]}" --prepare >>"$OUT/session.log" 2>&1  # the PI-only checkpoints, once
   left=$((${VIDEO_END:-565} - (SECONDS - START)))
-  for i in 0 1 2 3; do
-    timeout "$left" "$PY" "${CLAIMS[@]}" --shard "$i/4" >"$WORK/video$i.log" 2>&1 &
-  done
-  wait
-  cat "$WORK"/video?.log | grep -v "^ *$" | tail -n 200 >>"$OUT/session.log"
+  if [ "$left" -ge 30 ]; then  # (`timeout 0` would mean no limit at all)
+    for i in 0 1 2 3; do
+      timeout "$left" "$PY" "${CLAIMS[@]}" --shard "$i/4" >"$WORK/video$i.log" 2>&1 &
+    done
+    wait
+  else
+    log "video_claims: skipped (past VIDEO_END)"
+  fi
+  cat "$WORK"/video?.log 2>/dev/null | grep -v "^ *$" | tail -n 200 >>"$OUT/session.log"
   "$PY" benchmarks/video_claims.py --out "$WORK/video" --report >/dev/null 2>>"$OUT/session.log" &&
     cp "$WORK/video/claims.md" "$OUT/video_claims.md"
   "$PY" -c "import pandas as pd, glob, sys; pd.concat(map(pd.read_csv, sorted(glob.glob(sys.argv[1])))).to_csv(

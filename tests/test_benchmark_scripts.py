@@ -340,7 +340,7 @@ def test_profile_summary_checks_dit_rows_beside_3d_patches(tmp_path, capsys, mon
     mod = _load("profile_summary", monkeypatch)
     assert mod.main([str(tmp_path), str(BENCH / "results" / "gpu_h200" / "profile.csv")]) == 0
     err = capsys.readouterr().err
-    assert "check (issue #5): DiT-XL/2 512x512 bf16 compiled on NVIDIA H200: p2 5.704 ms, p4 2.494 ms" in err
+    assert "check (issue #5): DiT-XL/2 512x512 bf16 compiled on NVIDIA H200, batch 2: p2 5.704 ms, p4 2.494 ms" in err
     assert "latency ratio 0.4373 vs FLOPs ratio 0.2262 (+0.05 allowed): FAIL" in err
     assert (tmp_path / "roofline.png").exists() and (tmp_path / "latency_vs_flops.png").exists()
 
