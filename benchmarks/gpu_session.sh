@@ -43,8 +43,8 @@ export PYTHONUNBUFFERED=1
 # The project's venv where there is one (here); on the device, the image's python3 with this tree on PYTHONPATH.
 if [ -x .venv/bin/python ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if [ -z "${DRY_RUN:-}" ] && ! "$PY" -c "import peft, diffusers, torch_fidelity" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1
-then
+if [ -z "${DRY_RUN:-}" ] && ! "$PY" -c "import peft, diffusers, torch_fidelity" 2>/dev/null &&
+   ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi

@@ -4,8 +4,8 @@
 
 Forward rows and schedule rows (whole sampling runs, `flexcli profile --schedules`) are printed as two tables.
 The check (issue #5 acceptance, on a GPU): for DiT-XL/2 at 512x512 (64x64 latent), bf16 and compiled, the
-weak/powerful (p=4 / p=2) latency ratio is at most the FLOPs ratio plus 0.05, for each batch size profiled. The figures are printed either
-way; the exit code is 0 unless the inputs are missing.
+weak/powerful (p=4 / p=2) latency ratio is at most the FLOPs ratio plus 0.05, for each batch size profiled. The
+figures are printed either way; the exit code is 0 unless the inputs are missing.
 """
 from __future__ import annotations
 

@@ -200,7 +200,7 @@ def report(out: Path, steps: int, fid_tol: float = 0.05, acc_tol: float = 2.0) -
     fewer = [c for c in cells_ if c["mode"] == "powerful" and int(c["steps"]) < steps]
     for n in sorted({int(c["steps"]) for c in fewer}):
         f = min((c for c in fewer if int(c["steps"]) == n), key=lambda c: c["fid"])
-        at = [c for c in flex if c["compute"] <= f["compute"] + 1e-9]
+        at = [c for c in flex if c["compute"] <= f["compute"] + 1e-9 and "weak-last" not in c["label"]]
         if at:
             best = min(at, key=lambda c: c["fid"])
             dacc = 100 * (best["class_accuracy"] - f["class_accuracy"])
