@@ -17,7 +17,7 @@
 #   5. where .devbundle/video-bench.tar.xz was carried (benchmarks/video_bundle.sh): issue #15's video claims
 #      (benchmarks/video_claims.py, 1,000 clips per cell, 3 seeds, seed-major) in 4 processes on the GPU, until
 #      VIDEO_END (565 s) after the start; rows finish one by one, so a run cut short still reports what it has,
-#      and the committed rows (benchmarks/results/video/gpu_h200/cells.csv) are skipped, so each lease adds more.
+#      and the committed rows (benchmarks/results/video/claims/cells*.csv) are skipped, so each lease adds more.
 # OUTDIR gets at most 8 files: environment.txt, session.log, profile.csv, roofline.png, latency_vs_flops.png (or, if
 # the merge fails, the stage CSVs), video_cells.csv and video_claims.md.
 # The Fashion-MNIST claims run that this script used to start (issue #7) ran on an H200 on 2026-11-26 and is
@@ -97,7 +97,7 @@ if [ -z "${DRY_RUN:-}" ] && [ -f "$BUNDLE" ]; then
   tar -C "$WORK" -xJf "$BUNDLE"
   VB=$WORK/video-bench
   mkdir -p "$WORK/video"  # the committed rows: a later lease adds the cells and seeds still missing
-  cp benchmarks/results/video/gpu_h200/cells.csv "$WORK/video/cells.committed.csv" 2>/dev/null
+  for f in benchmarks/results/video/claims/cells*.csv; do cp "$f" "$WORK/video/cells.committed-${f##*/}"; done
   export FLEXCLI_FASHION_MNIST=$VB/fashion-mnist
   CLAIMS=(benchmarks/video_claims.py --work "$VB" --out "$WORK/video" --num-samples "$(cat "$VB/num_samples")"
           --batch-size 250 --threads 4)

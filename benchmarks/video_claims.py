@@ -62,6 +62,10 @@ def _prompts(work: Path, num_samples: int, text_length: int) -> tuple[Path, list
     return V.write_prompts(path, num_samples, text_length, work / "cache", negative=True)
 
 
+def _label(kind: str, s: V.Setting) -> str:
+    return f"{'PI-only ' if kind == 'pi-only' else ''}{s.label}"
+
+
 def _done(path: Path) -> set[tuple[str, int]]:
     if not path.exists():
         return set()
@@ -115,13 +119,15 @@ def run(args) -> Path:
     index, count = args.shard
     # seed-major, so that a run cut short has every cell at its first seeds
     todo = [(kind, s, seed) for seed in args.seeds for kind, s in cells(job, args.weak_guidance, args.ablation)]
+    if args.only:  # chosen cells, by label
+        todo = [(kind, s, seed) for kind, s, seed in todo if _label(kind, s) in args.only]
     todo = todo[index::count]
     path = args.out / (f"cells.shard{index}.csv" if count > 1 else "cells.csv")
     args.out.mkdir(parents=True, exist_ok=True)
     done = set().union(*map(_done, args.out.glob("cells*.csv")))  # done by any shard layout, or an earlier run
     (work / "runs").mkdir(exist_ok=True)
     for kind, s, seed in todo:
-        label = f"{'PI-only ' if kind == 'pi-only' else ''}{s.label}"
+        label = _label(kind, s)
         if (label, seed) in done:
             continue
         ckpt = base if s.mode is None else ckpts[(kind, s.mode)]
@@ -245,6 +251,8 @@ def main(argv=None) -> Path:
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--shard", type=lambda t: tuple(int(x) for x in t.split("/")), default=(0, 1))
+    ap.add_argument("--only", type=lambda t: {x.strip() for x in t.split(";") if x.strip()}, default=set(),
+                    help="run only these cells: labels as in the CSV, separated by ';'")
     args = ap.parse_args(argv)
     if args.prepare:
         return run(args)

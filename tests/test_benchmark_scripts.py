@@ -271,6 +271,11 @@ def test_video_claims_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert [r["seed"] for r in rows] == ["0"] * 12 + ["1"] * 12  # seed-major: a run cut short has whole seeds
     mod.main(argv)
     assert len(list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))) == 24  # resumed: nothing re-run
+    only = argv + ["--seeds", "2", "--only", "powerful 2 steps @4; PI-only temporal 1/1 of 2 @4"]
+    mod.main(only)
+    extra = list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))[24:]
+    assert sorted((r["label"], r["seed"]) for r in extra) == [("PI-only temporal 1/1 of 2 @4", "2"),
+                                                              ("powerful 2 steps @4", "2")]
     text = report.read_text()
     for heading in ("Most compute saved", "Distilled vs PI-only", "Flex vs fewer steps", "Every cell"):
         assert heading in text
