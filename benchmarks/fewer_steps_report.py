@@ -73,6 +73,16 @@ def lower(gain: float) -> str:
     return f"{abs(gain):.1f} % {'lower' if gain >= 0 else 'higher'}"
 
 
+def versus(flex_fid: float, rival_fid: float, accuracy_gain: float, tol: float) -> str:
+    """Flex against a rival: 'beats' (lower FID, at most `tol` points less accuracy), 'does NOT beat' (higher FID,
+    at most `tol` points more) or 'MIXED' (better on one score, worse on the other by more than `tol`)."""
+    if flex_fid < rival_fid and accuracy_gain >= -tol - 1e-9:
+        return "beats"
+    if flex_fid >= rival_fid and accuracy_gain <= tol + 1e-9:
+        return "does NOT beat"
+    return "MIXED"
+
+
 def verdicts(df: pd.DataFrame, budgets: list[float]) -> tuple[list[str], list[dict]]:
     cells = cell_stats(df)
     fs = cells[~cells.flex]

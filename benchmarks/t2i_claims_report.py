@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewer_steps_report import TOL, cell_stats, describe, lower, paired  # noqa: E402
+from fewer_steps_report import TOL, cell_stats, describe, lower, paired, versus  # noqa: E402
 
 BASE_STEPS = 50
 ALIGN_TOL = 1.0  # points: a match may lose at most this much alignment (the acceptance)
@@ -114,12 +114,8 @@ def comparisons(df: pd.DataFrame, cells: pd.DataFrame, budget: float) -> list[st
             continue
         gain = 100 * (1 - f.fid_mean / o.fid_mean)
         dacc = 100 * (f.class_accuracy_mean - o.class_accuracy_mean)
-        if gain > 0 and dacc >= -ALIGN_TOL - 1e-9:
-            verdict = f"Flex beats {other}"
-        elif gain <= 0 and dacc <= ALIGN_TOL + 1e-9:
-            verdict = f"Flex does NOT beat {other}"
-        else:  # better on one score, worse on the other by more than the claim's alignment tolerance
-            verdict = f"Flex vs {other} is MIXED"
+        verdict = versus(f.fid_mean, o.fid_mean, dacc, ALIGN_TOL)
+        verdict = f"Flex vs {other} is MIXED" if verdict == "MIXED" else f"Flex {verdict} {other}"
         lines.append(f"  - {verdict}: FID {lower(gain)}, alignment {dacc:+.1f} points. "
                      f"Paired ({other} -> flex): {paired(df, o, f)}.")
     return lines

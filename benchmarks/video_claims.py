@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from _common import provenance
+from fewer_steps_report import versus
 from flexcli.builtin import demo_video as V
 
 SEED_STRIDE = 1_000_000
@@ -177,8 +178,8 @@ def report(out: Path, steps: int, fid_tol: float = 0.05, acc_tol: float = 2.0) -
     if not full:
         return _write(out, lines + ["No all-powerful baseline rows yet."])
     base = min(full, key=lambda c: c["fid"])
-    ok = lambda c: (c["fid"] <= base["fid"] * (1 + fid_tol) and  # noqa: E731
-                    100 * (base["class_accuracy"] - c["class_accuracy"]) <= acc_tol and abs(c["temporal_gap"]) <= 1)
+    rule = V.VideoJobSettings(fid_tol=fid_tol, accuracy_tol=acc_tol)
+    ok = lambda c: V.matches_baseline(c, base, rule)  # noqa: E731  (the demo's rule)
     lines += [f"Baseline (its lowest-FID scale): {fmt(base)}.", "",
               "## Most compute saved with a match (FID +5 %, accuracy -2 points, temporal within the real spread)"]
     flex = [c for c in cells_ if c["mode"] not in ("powerful",) and c["checkpoint"] == "distilled"]
@@ -209,10 +210,8 @@ def report(out: Path, steps: int, fid_tol: float = 0.05, acc_tol: float = 2.0) -
         at = [c for c in flex if c["compute"] <= f["compute"] + 1e-9 and "weak-last" not in c["label"]]
         if at:
             best = min(at, key=lambda c: c["fid"])
-            dacc = 100 * (best["class_accuracy"] - f["class_accuracy"])
-            verdict = ("beats" if best["fid"] < f["fid"] and dacc >= -acc_tol else
-                       "does NOT beat" if best["fid"] >= f["fid"] and dacc <= acc_tol else "is MIXED against")
-            lines.append(f"- {fmt(best)} **{verdict}** {fmt(f)}")
+            verdict = versus(best["fid"], f["fid"], 100 * (best["class_accuracy"] - f["class_accuracy"]), acc_tol)
+            lines.append(f"- {fmt(best)} **{'is MIXED against' if verdict == 'MIXED' else verdict}** {fmt(f)}")
     lines += ["", "## Every cell", ""] + [f"- {fmt(c)}" for c in sorted(cells_, key=lambda c: -c["compute"])]
     return _write(out, lines)
 
