@@ -96,6 +96,11 @@ def run(args) -> Path:
                              weak_steps=args.weak_steps, cfg_scales=args.cfg_scales,
                              baseline_steps=args.baseline_steps, batch_size=args.batch_size,
                              flow_shift=args.flow_shift)
+    unknown = args.only - {_label(kind, s) for kind, s in cells(job, args.weak_guidance, args.ablation)}
+    if unknown:  # before any distillation or sampling
+        print(f"error: --only names no cell of this grid: {'; '.join(sorted(unknown))}; use the labels of cells.csv",
+              file=sys.stderr)
+        raise SystemExit(2)
     base = args.base or V.BASE
     work = args.work
     work.mkdir(parents=True, exist_ok=True)

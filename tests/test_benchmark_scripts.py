@@ -276,6 +276,9 @@ def test_video_claims_runs_resumes_and_reports(tmp_path, monkeypatch):
     extra = list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))[24:]
     assert sorted((r["label"], r["seed"]) for r in extra) == [("PI-only temporal 1/1 of 2 @4", "2"),
                                                               ("powerful 2 steps @4", "2")]
+    with pytest.raises(SystemExit) as exit_:  # a mistyped label stops at once, before any work
+        mod.main(argv + ["--seeds", "3", "--only", "powerful 2 steps @4; powerful 3 steps @4"])
+    assert exit_.value.code == 2 and len(list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))) == 26
     text = report.read_text()
     for heading in ("Most compute saved", "Distilled vs PI-only", "Flex vs fewer steps", "Every cell"):
         assert heading in text
