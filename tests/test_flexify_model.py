@@ -165,3 +165,39 @@ def test_resized_tokenizers_stay_on_the_weights_device_and_dtype():
     rows = resize_rows(torch.empty(16, 8, device="meta", dtype=torch.bfloat16), m, 4)
     assert (kernel.device.type, kernel.dtype, kernel.shape) == ("meta", torch.bfloat16, (8, 4, 4, 4))
     assert (rows.device.type, rows.dtype, rows.shape) == ("meta", torch.bfloat16, (64, 8))
+
+
+@pytest.mark.parametrize("mode", ["lora", "shared"])
+def test_flexify_builds_the_new_weights_on_the_models_device(mode):
+    """A model flexified where it lives (CUDA in `flexcli profile --schedules`) gets its new tokenizers, size
+    embeddings, resize maps and norms there, not on the CPU. The meta device stands in for CUDA; Wan, whose
+    positions are rotary, flexifies on it end to end. peft leaves LoRA adapters of a meta layer on the CPU (on
+    a real device it moves them by their base layer: the bfloat16 test below sees that for the dtype)."""
+    from flexcli.models.wan import Wan
+    from flexcli.models.wan_config import WanConfig
+    from wan_helpers import TINY_WAN
+
+    with torch.device("meta"):
+        model = Wan(WanConfig.from_dict({**TINY_WAN, "text_len": 5}))
+    flexify_model(model, [(2, 2, 2), (1, 4, 4)], mode, lora_rank=4)
+    added = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()]
+             if n.startswith("flex.") or ".norm" in n]
+    assert added and {t.device.type for _, t in added} == {"meta"}, [n for n, t in added if t.device.type != "meta"]
+
+
+@pytest.mark.parametrize("mode", ["lora", "shared"])
+def test_flexifying_in_bfloat16_equals_flexifying_in_float32_then_casting(mode, tiny):
+    """The added weights take the model's dtype (they were float32, and the weak size raised on a bfloat16 model),
+    and a bfloat16 DiT's sin-cos table is still recognised as one (it fell back to interpolating the rounded
+    table): both ways of getting a bfloat16 flexified model give the same outputs, bit for bit."""
+    x, t, y = inputs(tiny.config)
+    cast = flexify_model(copy.deepcopy(tiny), [4], mode=mode, lora_rank=4)
+    _perturb_added(cast)
+    cast.to(torch.bfloat16)
+    low = flexify_model(copy.deepcopy(tiny).to(torch.bfloat16), [4], mode=mode, lora_rank=4)
+    low.load_state_dict(cast.state_dict())
+    assert {p.dtype for p in low.parameters()} == {torch.bfloat16}
+    for patch in (2, 4):
+        out = low(x.to(torch.bfloat16), t, y, patch_size=patch)
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, cast(x.to(torch.bfloat16), t, y, patch_size=patch))

@@ -76,36 +76,37 @@ class FlexParts(nn.Module):
         self.lora_rank, self.lora_alpha = int(lora_rank), float(lora_alpha if lora_alpha is not None else lora_rank)
         self.out_channels, self.lora_targets, self.merged = out_channels, tuple(lora_targets), False
         D, C = tokenizer.weight.shape[:2]
-        self.size_embed = nn.ParameterDict({patch_key(p): nn.Parameter(torch.zeros(D)) for p in weak})
+        like = {"device": tokenizer.weight.device, "dtype": tokenizer.weight.dtype}  # new weights sit by the old
+        self.size_embed = nn.ParameterDict({patch_key(p): nn.Parameter(torch.zeros(D, **like)) for p in weak})
         for p, table in positions.items():
-            self.register_buffer(f"pos_{patch_key(p)}", table, persistent=False)
+            self.register_buffer(f"pos_{patch_key(p)}", table.to(**like), persistent=False)
         w_tok, b_tok = tokenizer.weight.data, tokenizer.bias.data
         w_de, b_de = detokenizer.weight.data, detokenizer.bias.data
         if mode == "lora":
             conv = {2: nn.Conv2d, 3: nn.Conv3d}[len(base)]
             self.embed_layers, self.de_embed_layers = nn.ModuleDict(), nn.ModuleDict()
             for p in weak:
-                tok = conv(C, D, kernel_size=p, stride=p)
+                tok = conv(C, D, kernel_size=p, stride=p, **like)
                 tok.weight.data.copy_(resize_kernel(w_tok.double(), pi_resize_matrix(base, p), p))
                 tok.bias.data.copy_(b_tok)
-                de = nn.Linear(D, math.prod(p) * out_channels)
+                de = nn.Linear(D, math.prod(p) * out_channels, **like)
                 up = bilinear_matrix(base, p)
                 de.weight.data.copy_(resize_rows(w_de.double(), up, out_channels))
                 de.bias.data.copy_(resize_rows(b_de.double(), up, out_channels))
                 self.embed_layers[patch_key(p)], self.de_embed_layers[patch_key(p)] = tok, de
             return
         u = underlying_patch(base, len(base))
-        self.embed_delta = nn.Parameter(torch.zeros(D, C, *u))
-        self.de_embed_weight_delta = nn.Parameter(torch.zeros(math.prod(u) * out_channels, D))
-        self.de_embed_bias_delta = nn.Parameter(torch.zeros(math.prod(u) * out_channels))
+        self.embed_delta = nn.Parameter(torch.zeros(D, C, *u, **like))
+        self.de_embed_weight_delta = nn.Parameter(torch.zeros(math.prod(u) * out_channels, D, **like))
+        self.de_embed_bias_delta = nn.Parameter(torch.zeros(math.prod(u) * out_channels, **like))
         for p in [base, *weak]:
             key = patch_key(p)
             q_tok = underlying_projection(pi_resize_matrix(base, p), pi_resize_matrix(u, p), pi_resize_matrix(base, u))
             q_de = underlying_projection(bilinear_matrix(base, p), bilinear_matrix(u, p), bilinear_matrix(base, u))
-            self.register_buffer(f"embed_target_{key}", pi_resize_matrix(base, p).float(), persistent=False)
-            self.register_buffer(f"embed_q_{key}", q_tok.float(), persistent=False)
-            self.register_buffer(f"de_embed_target_{key}", bilinear_matrix(base, p).float(), persistent=False)
-            self.register_buffer(f"de_embed_q_{key}", q_de.float(), persistent=False)
+            maps = {"embed_target": pi_resize_matrix(base, p), "embed_q": q_tok,
+                    "de_embed_target": bilinear_matrix(base, p), "de_embed_q": q_de}
+            for name, m in maps.items():  # float32 at any weight dtype; resize_kernel/resize_rows cast them
+                self.register_buffer(f"{name}_{key}", m.to(like["device"], torch.float32), persistent=False)
 
     @property
     def weak_patch_sizes(self) -> list:

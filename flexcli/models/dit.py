@@ -93,7 +93,8 @@ class DiT(FlexModel):
         base_grid = side // self.config.patch_size
         ints = np.arange(base_grid, dtype=np.float64)
         rows, cols = patch_centres((side // patch[0], side // patch[1]), patch, self.base_patch)
-        if torch.allclose(self.pos_embed[0].float().cpu(), torch.from_numpy(sincos_2d(d, ints, ints)), atol=1e-5):
+        tol = max(1e-5, torch.finfo(self.pos_embed.dtype).eps)  # a half-precision sin-cos table is still one
+        if torch.allclose(self.pos_embed[0].float().cpu(), torch.from_numpy(sincos_2d(d, ints, ints)), atol=tol):
             return torch.from_numpy(sincos_2d(d, rows, cols)).unsqueeze(0)
         return interpolate_table(self.pos_embed[0].detach().cpu(), (base_grid, base_grid), [rows, cols]).unsqueeze(0)
 
