@@ -103,9 +103,8 @@ class FlexParts(nn.Module):
             key = patch_key(p)
             q_tok = underlying_projection(pi_resize_matrix(base, p), pi_resize_matrix(u, p), pi_resize_matrix(base, u))
             q_de = underlying_projection(bilinear_matrix(base, p), bilinear_matrix(u, p), bilinear_matrix(base, u))
-            maps = {"embed_target": pi_resize_matrix(base, p), "embed_q": q_tok,
-                    "de_embed_target": bilinear_matrix(base, p), "de_embed_q": q_de}
-            for name, m in maps.items():  # float32 at any weight dtype; resize_kernel/resize_rows cast them
+            for name, m in (("embed_target", pi_resize_matrix(base, p)), ("embed_q", q_tok),  # float32 always
+                            ("de_embed_target", bilinear_matrix(base, p)), ("de_embed_q", q_de)):
                 self.register_buffer(f"{name}_{key}", m.to(like["device"], torch.float32), persistent=False)
 
     @property
@@ -303,5 +302,5 @@ def flexify_model(model: FlexModel, weak_patch_sizes: list, mode: str = "lora", 
     else:
         for param in (model.tokenizer.weight, model.detokenizer.weight, model.detokenizer.bias):
             param.requires_grad_(False)  # the pretrained weights only seed the underlying ones: the deltas train
-        L.replace_norms(model, spec.norms, [base, *weak])
+        L.replace_norms(model, spec.norms, [base, *weak], model.tokenizer.weight)  # DiT's norms have no affine
     return model

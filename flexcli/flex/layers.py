@@ -83,13 +83,13 @@ class MergedLinear(nn.Module):
 class SizeLayerNorm(nn.Module):
     """An affine-free LayerNorm followed by a (gamma_p, beta_p) affine for each run's patch size."""
 
-    def __init__(self, norm: nn.LayerNorm, patch_sizes: list, device=None, dtype=None):
+    def __init__(self, norm: nn.LayerNorm, patch_sizes: list, like: torch.Tensor):
         super().__init__()
         self.normalized_shape = tuple(norm.normalized_shape)
         self.eps = norm.eps
-        d, like = self.normalized_shape[-1], {"device": device, "dtype": dtype}
-        self.weight = nn.ParameterDict({patch_key(p): nn.Parameter(torch.ones(d, **like)) for p in patch_sizes})
-        self.bias = nn.ParameterDict({patch_key(p): nn.Parameter(torch.zeros(d, **like)) for p in patch_sizes})
+        d, kw = self.normalized_shape[-1], {"device": like.device, "dtype": like.dtype}
+        self.weight = nn.ParameterDict({patch_key(p): nn.Parameter(torch.ones(d, **kw)) for p in patch_sizes})
+        self.bias = nn.ParameterDict({patch_key(p): nn.Parameter(torch.zeros(d, **kw)) for p in patch_sizes})
 
     def _one(self, x: torch.Tensor, size) -> torch.Tensor:
         key = patch_key(size)
@@ -144,12 +144,9 @@ def merge_loras(model: nn.Module) -> int:
     return count
 
 
-def replace_norms(model: nn.Module, names, patch_sizes: list) -> None:
-    """Swap every `LayerNorm` whose name ends in one of `names` for a `SizeLayerNorm` (on the model's device and
-    dtype: DiT's block norms have no affine of their own to copy them from)."""
-    ref = next(model.parameters())
+def replace_norms(model: nn.Module, names, patch_sizes: list, like: torch.Tensor) -> None:
+    """Swap every `LayerNorm` whose name ends in one of `names` for a `SizeLayerNorm` on like's device and dtype."""
     for name, module in list(model.named_modules()):
         if isinstance(module, LayerNorm) and any(name == n or name.endswith("." + n) for n in names):
             parent, _, child = name.rpartition(".")
-            norm = SizeLayerNorm(module, patch_sizes, ref.device, ref.dtype)
-            setattr(model.get_submodule(parent) if parent else model, child, norm)
+            setattr(model.get_submodule(parent) if parent else model, child, SizeLayerNorm(module, patch_sizes, like))
