@@ -8,6 +8,8 @@ and seeded seed x 1,000,000 + i; FID per frame against `--ref-clips` held-out re
 * per mode, the weak-first schedules that run each of `--weak-steps` weak, at every `--cfg-scales`;
 * per mode, `--weak-guidance` schedules (x/y, y < x) with weak guidance (§3.4);
 * per mode, the ablations at `--ablation` (x/x): PI-only (the flexified checkpoint, not distilled) and weak-last.
+* `--short-flex`: weak-first schedules over fewer total steps than `--steps` ('MODE x/y of N'), the flex cells
+  that sit at the fewer-steps baseline's compute (25, 35, 50 and 75 %), at every `--cfg-scales`.
 Cells run seed-major (every cell at the first seed, then the next). Rows are appended to the CSV as they finish,
 so a run resumes: a (label, seed) in any CSV in --out is skipped. `--shard i/n` splits the cells over processes,
 one CSV each (`cells.shardI.csv`). `--report` reads every CSV in --out and writes `claims.md`: each cell's mean
@@ -38,10 +40,16 @@ from fewer_steps_report import versus
 from flexcli.builtin import demo_video as V
 
 SEED_STRIDE = 1_000_000
+# at 25, 35, 50 and 75 % of the compute (a weak step costs 0.452 of a powerful one in the temporal mode, 0.218 in
+# the spatial): the flex cells beside the fewer-steps baseline at 5, 7, 10 and 15 steps, 1/8 to 1/2 of them weak
+SHORT_FLEX = ["temporal 4/4 of 6", "spatial 4/4 of 6", "spatial 4/4 of 8", "temporal 6/6 of 8", "spatial 6/6 of 10",
+              "temporal 9/9 of 11", "spatial 9/9 of 13", "temporal 14/14 of 16", "spatial 14/14 of 18"]
 
 
-def cells(job: V.VideoJobSettings, weak_guidance: list[str], ablation: str) -> list[tuple[str, V.Setting]]:
-    """(checkpoint kind, setting): the demo's grid, weak guidance, and the PI-only and weak-last ablations."""
+def cells(job: V.VideoJobSettings, weak_guidance: list[str], ablation: str,
+          short: list[str] = ()) -> list[tuple[str, V.Setting]]:
+    """(checkpoint kind, setting): the demo's grid, weak guidance, the PI-only and weak-last ablations, and the
+    schedules over fewer total steps (`short`: 'MODE x/y of N')."""
     out = [("distilled", s) for s in V.job_settings(job)]
     for mode in job.modes:
         for c in job.cfg_scales:
@@ -49,7 +57,32 @@ def cells(job: V.VideoJobSettings, weak_guidance: list[str], ablation: str) -> l
                     for sched in weak_guidance]
             out.append(("distilled", V.Setting(mode, ablation, job.steps, c, {"order": "weak-last"})))
             out.append(("pi-only", V.Setting(mode, ablation, job.steps, c)))
+    out += [("distilled", V.Setting(*_short(spec, job), c)) for spec in short for c in job.cfg_scales]
+    labels = [_label(kind, s) for kind, s in out]
+    if len(set(labels)) < len(labels):
+        _fail(f"the grid has {next(x for x in labels if labels.count(x) > 1)} twice; drop it from --short-flex")
     return out
+
+
+def _short(spec: str, job: V.VideoJobSettings) -> tuple[str, str, int]:
+    """'spatial 4/4 of 8' -> (mode, schedule, steps), checked against the job's modes and the schedule syntax."""
+    from flexcli.diffusion.schedule import parse_schedule
+    from flexcli.errors import FlexcliError
+
+    words = spec.split()
+    if len(words) != 4 or words[0] not in job.modes or words[2] != "of" or not words[3].isdigit():
+        _fail(f"--short-flex {spec!r} is not 'MODE x/y of N' with MODE one of {', '.join(job.modes)}; "
+              "e.g. 'spatial 4/4 of 8'")
+    try:
+        parse_schedule(words[1], int(words[3]), 1, 2)
+    except FlexcliError as e:
+        _fail(f"--short-flex {spec!r}: {e}")
+    return words[0], words[1], int(words[3])
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _prompts(work: Path, num_samples: int, text_length: int) -> tuple[Path, list[int]]:
@@ -96,11 +129,10 @@ def run(args) -> Path:
                              weak_steps=args.weak_steps, cfg_scales=args.cfg_scales,
                              baseline_steps=args.baseline_steps, batch_size=args.batch_size,
                              flow_shift=args.flow_shift)
-    unknown = args.only - {_label(kind, s) for kind, s in cells(job, args.weak_guidance, args.ablation)}
-    if unknown:  # before any distillation or sampling
-        print(f"error: --only names no cell of this grid: {'; '.join(sorted(unknown))}; use the labels of cells.csv",
-              file=sys.stderr)
-        raise SystemExit(2)
+    grid = cells(job, args.weak_guidance, args.ablation, args.short_flex)  # checked before any work
+    unknown = args.only - {_label(kind, s) for kind, s in grid}
+    if unknown:
+        _fail(f"--only names no cell of this grid: {'; '.join(sorted(unknown))}; use the labels of cells.csv")
     base = args.base or V.BASE
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -124,7 +156,7 @@ def run(args) -> Path:
     opts = metric_options(args.num_samples * ref.predicted.shape[1], work / "cache")
     index, count = args.shard
     # seed-major, so that a run cut short has every cell at its first seeds
-    todo = [(kind, s, seed) for seed in args.seeds for kind, s in cells(job, args.weak_guidance, args.ablation)]
+    todo = [(kind, s, seed) for seed in args.seeds for kind, s in grid]
     if args.only:  # chosen cells, by label
         todo = [(kind, s, seed) for kind, s, seed in todo if _label(kind, s) in args.only]
     todo = todo[index::count]
@@ -164,7 +196,8 @@ def _cells(rows: list[dict]) -> list[dict]:
     out = []
     for label, rs in by.items():
         cell = {k: rs[0][k] for k in ("label", "mode", "checkpoint", "schedule", "guidance", "cfg_scale", "steps")}
-        cell.update(compute=float(rs[0]["compute_fraction"]), weak_share=float(rs[0]["weak_share"]), seeds=len(rs))
+        cell.update(compute=float(rs[0]["compute_fraction"]), weak_share=float(rs[0]["weak_share"]), seeds=len(rs),
+                    by_seed={int(r["seed"]): (float(r["fid"]), float(r["class_accuracy"])) for r in rs})
         for k in ("fid", "class_accuracy", "temporal_gap", "speed"):
             vals = [float(r[k]) for r in rs]
             cell[k], cell[k + "_sd"] = statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -208,7 +241,8 @@ def report(out: Path, steps: int, fid_tol: float = 0.05, acc_tol: float = 2.0) -
                 lines.append(f"- {mode}: distilled weak-first {fmt(mine)} vs {name} {fmt(rival)}")
     lines += ["", "## Flex vs fewer steps at equal or lower compute (the lowest-FID cell of each)",
               f"Flex beats fewer steps with a lower FID and at most {acc_tol:g} points less accuracy, does NOT beat "
-              f"them with a higher FID and at most {acc_tol:g} points more, and is MIXED otherwise.", ""]
+              f"them with a higher FID and at most {acc_tol:g} points more, and is MIXED otherwise. Then flex minus "
+              "fewer steps seed by seed (a seed fixes the noise of clip i in every cell).", ""]
     fewer = [c for c in cells_ if c["mode"] == "powerful" and int(c["steps"]) < steps]
     for n in sorted({int(c["steps"]) for c in fewer}):
         f = min((c for c in fewer if int(c["steps"]) == n), key=lambda c: c["fid"])
@@ -216,9 +250,21 @@ def report(out: Path, steps: int, fid_tol: float = 0.05, acc_tol: float = 2.0) -
         if at:
             best = min(at, key=lambda c: c["fid"])
             verdict = versus(best["fid"], f["fid"], 100 * (best["class_accuracy"] - f["class_accuracy"]), acc_tol)
-            lines.append(f"- {fmt(best)} **{'is MIXED against' if verdict == 'MIXED' else verdict}** {fmt(f)}")
+            lines.append(f"- {fmt(best)} **{'is MIXED against' if verdict == 'MIXED' else verdict}** {fmt(f)}"
+                         + _paired(best, f))
     lines += ["", "## Every cell", ""] + [f"- {fmt(c)}" for c in sorted(cells_, key=lambda c: -c["compute"])]
     return _write(out, lines)
+
+
+def _paired(a: dict, b: dict) -> str:
+    """a minus b seed by seed: a seed fixes every clip's noise in every cell, so the noise the two cells share
+    cancels in these differences."""
+    seeds = sorted(a["by_seed"].keys() & b["by_seed"].keys())
+    if not seeds:
+        return ""
+    d = [(a["by_seed"][s][0] - b["by_seed"][s][0], 100 * (a["by_seed"][s][1] - b["by_seed"][s][1])) for s in seeds]
+    return (f"; seed by seed ({', '.join(map(str, seeds))}): FID {', '.join(f'{x:+.2f}' for x, _ in d)}, "
+            f"accuracy {', '.join(f'{y:+.1f}' for _, y in d)} points")
 
 
 def _write(out: Path, lines: list[str]) -> Path:
@@ -247,10 +293,13 @@ def main(argv=None) -> Path:
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--weak-steps", type=_ints, default=[5, 10, 15, 20])
-    ap.add_argument("--baseline-steps", type=_ints, default=[15, 10, 5])
+    ap.add_argument("--baseline-steps", type=_ints, default=[15, 10, 7, 5])
     ap.add_argument("--cfg-scales", type=lambda t: [float(x) for x in t.split(",")], default=[3.0, 5.0])
     ap.add_argument("--weak-guidance", type=lambda t: [x for x in t.split(",") if x], default=["10/5"])
     ap.add_argument("--ablation", default="10/10")
+    ap.add_argument("--short-flex", type=lambda t: [x.strip() for x in t.split(";") if x.strip()],
+                    default=SHORT_FLEX, help="weak-first schedules over fewer total steps, 'MODE x/y of N', "
+                                             "separated by ';' ('' for none)")
     ap.add_argument("--flow-shift", type=float, default=3.0)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0)

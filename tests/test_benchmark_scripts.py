@@ -259,30 +259,43 @@ def test_video_claims_runs_resumes_and_reports(tmp_path, monkeypatch):
             "--lora-rank", "4", "--distill-steps", "2", "--num-samples", "10", "--ref-clips", "20", "--seeds", "0,1",
             "--steps", "2",
             "--weak-steps", "1,2", "--baseline-steps", "1", "--cfg-scales", "4", "--weak-guidance", "2/1",
-            "--ablation", "1/1", "--batch-size", "10", "--threads", "1"]
+            "--ablation", "1/1", "--short-flex", "temporal 0/0 of 1", "--batch-size", "10", "--threads", "1"]
     report = mod.main(argv)
     rows = list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))
-    # baseline + 1 fewer step, 2 modes x (2 schedules + weak guidance + weak-last + PI-only): 12 cells x 2 seeds
-    assert len(rows) == 24 and {r["seed"] for r in rows} == {"0", "1"}
+    # baseline + 1 fewer step, 2 modes x (2 schedules + weak guidance + weak-last + PI-only), 1 over fewer total
+    # steps: 13 cells x 2 seeds
+    assert len(rows) == 26 and {r["seed"] for r in rows} == {"0", "1"}
     assert sum(r["checkpoint"] == "pi-only" for r in rows) == 4 and sum("weak-last" in r["label"] for r in rows) == 4
     a = next(r for r in rows if r["label"] == "powerful 2 steps @4" and r["seed"] == "0")
     b = next(r for r in rows if r["label"] == "powerful 2 steps @4" and r["seed"] == "1")
     assert a["fid"] != b["fid"]  # seeds differ
-    assert [r["seed"] for r in rows] == ["0"] * 12 + ["1"] * 12  # seed-major: a run cut short has whole seeds
+    assert [r["seed"] for r in rows] == ["0"] * 13 + ["1"] * 13  # seed-major: a run cut short has whole seeds
+    short = next(r for r in rows if r["label"] == "temporal 0/0 of 1 @4" and r["seed"] == "0")
+    assert (short["steps"], short["weak_steps"]) == ("1", "1")  # one weak step, half the baseline's steps
+    assert float(short["compute_fraction"]) == pytest.approx(float(next(
+        r for r in rows if r["label"] == "temporal 0/0 of 2 @4")["compute_fraction"]) / 2)
     mod.main(argv)
-    assert len(list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))) == 24  # resumed: nothing re-run
+    assert len(list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))) == 26  # resumed: nothing re-run
     only = argv + ["--seeds", "2", "--only", "powerful 2 steps @4; PI-only temporal 1/1 of 2 @4"]
     mod.main(only)
-    extra = list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))[24:]
+    extra = list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))[26:]
     assert sorted((r["label"], r["seed"]) for r in extra) == [("PI-only temporal 1/1 of 2 @4", "2"),
                                                               ("powerful 2 steps @4", "2")]
-    with pytest.raises(SystemExit) as exit_:  # a mistyped label stops at once, before any work
-        mod.main(argv + ["--seeds", "3", "--only", "powerful 2 steps @4; powerful 3 steps @4"])
-    assert exit_.value.code == 2 and len(list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))) == 26
+    for bad in (["--only", "powerful 2 steps @4; powerful 3 steps @4"], ["--short-flex", "sideways 0/0 of 1"],
+                ["--short-flex", "spatial 3/3 of 2"], ["--short-flex", "temporal 1/1 of 2"]):  # the last repeats
+        with pytest.raises(SystemExit) as exit_:  # a mistyped cell stops at once, before any work
+            mod.main(argv + ["--seeds", "3"] + bad)
+        assert exit_.value.code == 2
+    assert len(list(csv.DictReader(open(tmp_path / "out" / "cells.csv")))) == 28
     text = report.read_text()
     for heading in ("Most compute saved", "Distilled vs PI-only", "Flex vs fewer steps", "Every cell"):
         assert heading in text
     assert "vs PI-only" in text and "vs weak-last" in text
+    line = next(x for x in text.splitlines() if x.startswith("- ") and "** powerful 1 steps @4" in x)
+    flex = line[2:line.index(" (")]  # flex minus fewer steps, seed by seed, from the rows
+    fid = {(r["label"], r["seed"]): float(r["fid"]) for r in csv.DictReader(open(tmp_path / "out" / "cells.csv"))}
+    diffs = ", ".join(f"{fid[(flex, s)] - fid[('powerful 1 steps @4', s)]:+.2f}" for s in "01")
+    assert f"seed by seed (0, 1): FID {diffs}, accuracy " in line
 
 
 def test_video_claims_runs_from_a_carried_work_folder_without_minilm(tmp_path, monkeypatch):
@@ -299,7 +312,8 @@ def test_video_claims_runs_from_a_carried_work_folder_without_minilm(tmp_path, m
     mod = _load("video_claims", monkeypatch)
     common = ["--base", str(base), "--lora-rank", "4", "--distill-steps", "2", "--num-samples", "10",
               "--ref-clips", "20", "--seeds", "0", "--steps", "2", "--weak-steps", "1", "--baseline-steps", "1",
-              "--cfg-scales", "4", "--weak-guidance", "", "--ablation", "1/1", "--batch-size", "10", "--threads", "1"]
+              "--cfg-scales", "4", "--weak-guidance", "", "--ablation", "1/1", "--short-flex", "", "--batch-size", "10",
+              "--threads", "1"]
     made, carried = tmp_path / "made", tmp_path / "carried"
     assert mod.main(common + ["--work", str(made), "--prepare"]) == made
     assert not (made / "runs").exists()  # --prepare samples nothing
