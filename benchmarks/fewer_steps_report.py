@@ -65,7 +65,7 @@ def paired(df: pd.DataFrame, a, b) -> str:
     A, B = sel(a), sel(b)
     d = (B.fid / A.fid - 1).dropna() * 100
     da = (B.class_accuracy - A.class_accuracy).dropna() * 100
-    return ", ".join(f"seed {s}: FID {d[s]:+.1f} %, acc {da[s]:+.1f} pt" for s in d.index)
+    return ", ".join(f"seed {s}: FID {d[s]:+.1f} %, acc {da[s]:+.1f} pt" for s in sorted(d.index))
 
 
 def lower(gain: float) -> str:
