@@ -57,7 +57,8 @@ def cells(job: V.VideoJobSettings, weak_guidance: list[str], ablation: str,
                     for sched in weak_guidance]
             out.append(("distilled", V.Setting(mode, ablation, job.steps, c, {"order": "weak-last"})))
             out.append(("pi-only", V.Setting(mode, ablation, job.steps, c)))
-    out += [("distilled", V.Setting(*_short(spec, job), c)) for spec in short for c in job.cfg_scales]
+    parsed = [_short(spec, job) for spec in short]  # each spec checked once
+    out += [("distilled", V.Setting(mode, sched, n, c)) for mode, sched, n in parsed for c in job.cfg_scales]
     labels = [_label(kind, s) for kind, s in out]
     if len(set(labels)) < len(labels):
         _fail(f"the grid has {next(x for x in labels if labels.count(x) > 1)} twice; drop it from --short-flex")
