@@ -62,14 +62,16 @@ def parse_grid(text: str) -> list[dict]:
     for part in text.split(";"):
         if not part.strip():
             continue
+        if "=" not in part:
+            raise ValueError(f"grid item {part.strip()!r} in {text!r} is not key=v1,v2,...; see --help")
         k, v = part.split("=", 1)
         k = k.strip()
         if k not in GRID_KEYS:
-            raise SystemExit(f"unknown grid key {k!r} in {text!r}; use {sorted(GRID_KEYS)}")
+            raise ValueError(f"unknown grid key {k!r} in {text!r}; use {sorted(GRID_KEYS)}")
         items[k] = [s.strip() for s in v.split(",") if s.strip()]
     need = {"ckpt", "solver", "steps", "s1"}
     if need - set(items):
-        raise SystemExit(f"grid {text!r} lacks {sorted(need - set(items))}")
+        raise ValueError(f"grid {text!r} lacks {sorted(need - set(items))}")
     items.setdefault("sched", ["P"])
     items.setdefault("guid", ["cfg"])
     items.setdefault("s2", ["rule"])
@@ -278,6 +280,36 @@ def append_row(path: Path, row: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def plan_cells(a, ckpts: dict, model_for) -> tuple[list[dict], Path | None, list | None]:
+    """The --grid cells, canonical and deduplicated, planned against their checkpoints: (cells, prompt file,
+    prompt labels); a bad grid value or schedule raises FlexcliError or ValueError."""
+    from flexcli.sampling import make_plan
+
+    cells = []
+    for g in a.grid:
+        for c in parse_grid(g):
+            if c["ckpt"] not in ckpts:
+                raise ValueError(f"checkpoint {c['ckpt']!r} not given with --ckpt")
+            cells.append(canonical(c, a.num_samples))
+    a.work.mkdir(parents=True, exist_ok=True)
+    prompts, prompt_labels = None, None
+    if a.heldout_prompts:
+        from flexcli.builtin.demo_t2i import write_prompts
+
+        text_length = model_for(cells[0]["ckpt"]).text_length
+        prompts = a.work / f"prompts{a.num_samples}_len{text_length}.safetensors"
+        prompts, prompt_labels = write_prompts(prompts, a.num_samples, text_length, a.work / "cache")
+    seen, todo = set(), []
+    for c in cells:
+        m = model_for(c["ckpt"])
+        plan = make_plan(sample_config(c, 1, 1, prompts), m)
+        c = finish_key(c, plan.schedule, weak_of(m))
+        if key_of(c) not in seen:
+            seen.add(key_of(c))
+            todo.append(c)
+    return todo, prompts, prompt_labels
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", action="append", default=[], help="NAME=PATH of a distilled checkpoint")
@@ -319,30 +351,14 @@ def main(argv=None) -> int:
             compiled[name] = torch.compile(model_for(name), dynamic=False)
         return compiled[name]
 
-    cells = []
-    for g in a.grid:
-        for c in parse_grid(g):
-            if c["ckpt"] not in ckpts:
-                raise SystemExit(f"checkpoint {c['ckpt']!r} not given with --ckpt")
-            cells.append(canonical(c, a.num_samples))
+    from flexcli.errors import FlexcliError
     from flexcli.sampling import make_plan
 
-    a.work.mkdir(parents=True, exist_ok=True)
-    prompts, prompt_labels = None, None
-    if a.heldout_prompts:
-        from flexcli.builtin.demo_t2i import write_prompts
-
-        text_length = model_for(cells[0]["ckpt"]).text_length
-        prompts = a.work / f"prompts{a.num_samples}_len{text_length}.safetensors"
-        prompts, prompt_labels = write_prompts(prompts, a.num_samples, text_length, a.work / "cache")
-    seen, todo = set(), []
-    for c in cells:
-        m = model_for(c["ckpt"])
-        plan = make_plan(sample_config(c, 1, 1, prompts), m)
-        c = finish_key(c, plan.schedule, weak_of(m))
-        if key_of(c) not in seen:
-            seen.add(key_of(c))
-            todo.append(c)
+    try:
+        todo, prompts, prompt_labels = plan_cells(a, ckpts, model_for)
+    except (FlexcliError, ValueError) as e:  # a bad --grid value or schedule: one line, no traceback
+        print(f"fewer_steps.py: error: {e}", file=sys.stderr)
+        return 2
     i, n = (int(v) for v in a.shard.split("/"))
     todo = todo[i::n]
     if a.list:

@@ -129,6 +129,14 @@ def test_fewer_steps_own_loop_equals_the_library(flex_base, monkeypatch, capsys)
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == ["1.0000", "0.5850", "0.6000", "0.4868"]
     assert not flex_base.with_suffix(".csv").exists()
+    for grid in ("ckpt=a;solver=ddpm;steps=4;sched=3:2;s1=4",  # segments that do not cover the steps
+                 "ckpt=a;solver=ddpm;steps=four;s1=4", "ckpt=a;solver=ddpm;steps;s1=4",
+                 "ckpt=b;solver=ddpm;steps=4;s1=4"):  # b: no --ckpt b
+        assert fs.main(["--ckpt", f"a={flex_base}", "--csv", str(flex_base.with_suffix(".csv")), "--list",
+                        "--grid", grid]) == 2, grid  # one line, no traceback
+        err = capsys.readouterr().err
+        assert err.startswith("fewer_steps.py: error: ") and err.count("\n") == 1, err
+    assert not flex_base.with_suffix(".csv").exists()
 
 
 def test_library_all_weak_scale_samples_the_scripts_s0_cells(flex_base, monkeypatch):

@@ -213,3 +213,18 @@ def test_pos_table_off_the_native_grid_follows_diffusers():
                        interpolation_scale=2.0, use_additional_conditions=True)
     ref = get_2d_sincos_pos_embed(24, (48, 80), base_size=64, interpolation_scale=2.0, output_type="pt")
     assert torch.equal(pixart_pos_table(cfg, 48, 80), ref.float().unsqueeze(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_pos_embed_scale_is_read_off_a_half_precision_table(dtype):
+    """An original pos_embed saved in fp16 or bf16 is still recognised, with its own interpolation scale."""
+    from flexcli.io.pixart_layout import _SCALES, _match_pos_embed
+
+    for scale in _SCALES:
+        cfg = PixArtConfig(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=1,
+                           sample_size=32, patch_size=2, caption_channels=16, cross_attention_dim=32,
+                           interpolation_scale=scale, use_additional_conditions=False)
+        size, found, note = _match_pos_embed(pixart_pos_table(cfg).to(dtype), 32, 2)
+        assert (size, found) == (32, scale), note
+    noise = torch.randn(1, 256, 32, generator=torch.Generator().manual_seed(0)).clamp(-1, 1).to(dtype)
+    assert _match_pos_embed(noise, 32, 2)[1] is None  # a table that is not sin-cos still is not

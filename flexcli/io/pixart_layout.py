@@ -175,11 +175,13 @@ def _match_pos_embed(pos: torch.Tensor, inner: int, patch: int) -> tuple[int | N
         return None, None, f"not a square (1, tokens, {inner}) table: shape {tuple(pos.shape)}"
     if not torch.any(pos):
         return grid * patch, None, "all zeros"
+    # a table in [-1, 1] saved in half precision is off by up to half its dtype's eps (bf16: 3.9e-3)
+    atol = max(1e-4, torch.finfo(pos.dtype).eps if pos.dtype.is_floating_point else 0.0)
     for scale in _SCALES:
         probe = PixArtConfig(num_attention_heads=1, attention_head_dim=inner, in_channels=1, out_channels=1,
                              num_layers=1, sample_size=grid * patch, patch_size=patch, caption_channels=1,
                              cross_attention_dim=inner, interpolation_scale=scale, use_additional_conditions=False)
-        if torch.allclose(pos.float(), pixart_pos_table(probe), atol=1e-4):
+        if torch.allclose(pos.float(), pixart_pos_table(probe), atol=atol):
             return grid * patch, scale, f"sin-cos (interpolation_scale {scale:g}, base_size {grid})"
     return grid * patch, None, "not a sin-cos table (ignored: flexcli recomputes positions)"
 
