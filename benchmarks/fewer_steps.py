@@ -290,6 +290,8 @@ def plan_cells(a, ckpts: dict, model_for) -> tuple[list[dict], Path | None, list
         for c in parse_grid(g):
             if c["ckpt"] not in ckpts:
                 raise ValueError(f"checkpoint {c['ckpt']!r} not given with --ckpt")
+            if hasattr(model_for(c["ckpt"]), "text_length") and not a.heldout_prompts:
+                raise ValueError(f"checkpoint {c['ckpt']!r} is text-to-image: pass --heldout-prompts")
             cells.append(canonical(c, a.num_samples))
     a.work.mkdir(parents=True, exist_ok=True)
     prompts, prompt_labels = None, None

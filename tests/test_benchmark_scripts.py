@@ -202,6 +202,8 @@ def test_fewer_steps_samples_the_t2i_default_with_heldout_prompts(tmp_path, monk
     fs = _load("fewer_steps", monkeypatch)
     out, work = tmp_path / "t2i.csv", tmp_path / "work"
     grid = "ckpt=t;solver=ddpm;steps=2;sched=1/1;guid=cfg;s1=3"
+    assert fs.main(["--ckpt", f"t={flex}", "--csv", str(out), "--grid", grid]) == 2  # class labels: an error
+    assert not out.exists()
     assert fs.main(["--ckpt", f"t={flex}", "--csv", str(out), "--num-samples", "10", "--ref-images", "40",
                     "--batch-size", "10", "--heldout-prompts", "--work", str(work), "--grid", grid]) == 0
     row, = fs.read_rows(out)
@@ -387,3 +389,27 @@ def test_op_count_merged_weak_pass_dispatches_what_the_powerful_pass_does(tmp_pa
     assert ops[("unmerged", 2)] == ops[("merged", 2)]  # the powerful pass never touches a LoRA
     assert ops[("merged", 4)] == ops[("merged", 2)] + 1
     assert ops[("unmerged", 4)] > 1.8 * ops[("merged", 4)]
+
+
+# ---------------------------------------------------------------------------------------------- video_motion.py
+def test_video_motion_reads_real_clips_the_same_way_by_box_and_by_centroid(monkeypatch):
+    """The ink centroid moves with the path exactly, as the box centre does, so real clips' motion columns agree;
+    a clip whose frames are shuffled in time loses its velocity correlation."""
+    from flexcli.builtin import moving_fmnist as M
+
+    vm = _load("video_motion", monkeypatch)
+    clips, _ = M.moving_fashion_mnist("test")
+    idx = torch.arange(200)
+    x = clips[idx]
+    moved = (clips.positions[idx] - clips.positions[idx][:, :1]).float()
+    centroids = vm.ink_centroids(x, -0.9)
+    assert torch.allclose(centroids - centroids[:, :1], moved, atol=1e-4)
+    rows = vm.motion_rows(x, "real", [-0.9, 0.0])
+    assert [(r["reading"], r["ink"]) for r in rows] == [("box", -0.9), ("centroid", -0.9), ("box", 0.0),
+                                                         ("centroid", 0.0)]
+    for r in rows[1:]:
+        for k in ("speed", "steady", "jerk", "velocity_correlation"):
+            assert r[k] == pytest.approx(rows[0][k], abs=1e-4), (r, k)
+    assert rows[0]["velocity_correlation"] > 0.5
+    shuffled = x[:, :, torch.tensor([0, 2, 1, 3])]
+    assert vm.motion_rows(shuffled, "shuffled", [-0.9])[0]["velocity_correlation"] < 0.2

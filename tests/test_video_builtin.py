@@ -4,6 +4,7 @@ path exactly, frozen and flickering clips sit outside the real temporal spread),
 and `demo --family video` end to end on a tiny random base, its rows recomputed from the saved clips."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -77,6 +78,12 @@ def test_real_clips_read_as_their_class_and_their_box_follows_the_path():
     assert motion["moving"] == 1.0 and motion["clips_without_ink"] == 0
     steps = clips.positions[idx][:, 1:] - clips.positions[idx][:, :-1]
     assert motion["speed"] == pytest.approx(float(steps.float().norm(dim=-1).mean()), rel=1e-5)
+    turns = (steps[:, 1:] != steps[:, :-1]).any(-1).any(-1)  # clips with a wall bounce
+    assert 0.3 < motion["velocity_correlation"] < 0.9 and 0 < float(turns.float().mean()) < 1
+    straight = dataclasses.replace(real, centres=real.centres[~turns])
+    assert straight.motion()["velocity_correlation"] == pytest.approx(1.0)  # constant velocity: 1
+    walk = torch.randn(2000, M.FRAMES, 2, generator=torch.Generator().manual_seed(0)).cumsum(1)  # no momentum
+    assert abs(dataclasses.replace(real, centres=walk).motion()["velocity_correlation"]) < 0.05
     spread = temporal_reference(real)
     assert spread["std"] > 0
     frozen = score_clips(x[:, :, :1].expand_as(x).contiguous())

@@ -18,7 +18,9 @@ The scores:
   v_t = c_{t+1} - c_t; `speed` = mean |v_t| (pixels per frame), `moving` = the share of clips whose centre
   moves at least one pixel per frame on average, `steady` = the share of clips whose velocity changes by at
   most one pixel per axis between frames (real clips change only at a wall bounce), `jerk` = the mean
-  max-axis change of the velocity.
+  max-axis change of the velocity, `velocity_correlation` = the correlation of consecutive velocities
+  (v_t, v_{t+1}), both axes of every clip pooled: 1 for straight motion at a constant speed, about 0 for a random
+  walk (each frame placed near the last, without momentum), below 1 for real clips only through wall bounces.
 """
 from __future__ import annotations
 
@@ -87,10 +89,12 @@ class ClipScores:
         change = (v[:, 1:] - v[:, :-1]).abs().amax(-1)  # (N, F - 2)
         ok = ~torch.isnan(speed)
         jerk = change.mean(1)
+        pairs = torch.stack([v[ok, :-1].flatten(), v[ok, 1:].flatten()])  # (2, clips * (F - 2) * 2)
         return {"speed": float(speed[ok].mean()) if ok.any() else float("nan"),
                 "moving": float((speed >= 1.0).float().mean()),
                 "steady": float((change <= 1.0).all(1).float().mean()),
                 "jerk": float(jerk[ok].mean()) if ok.any() else float("nan"),
+                "velocity_correlation": float(torch.corrcoef(pairs)[0, 1]) if pairs.shape[1] > 1 else float("nan"),
                 "clips_without_ink": int((~ok).sum())}
 
 
