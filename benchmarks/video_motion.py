@@ -11,7 +11,8 @@ clips with the last frame's item moved 3 pixels to the right, off its path, unde
 prediction places the moved item (its ink-weighted centroid) `shift_in_clip` pixels to the right when it sees the
 whole clip, and `shift_alone` when it sees the last frame alone (as a 1-frame video). A base that uses the other
 frames' motion pulls the item back to its path: shift_in_clip well below shift_alone; equal ones mean each frame is
-placed from its own pixels only.
+placed from its own pixels only. shift_alone means something only for a base trained on single frames too
+(`image_batch_size` > 0, as the shipped one); to a base trained on 4-frame clips only, a 1-frame video is new.
 
     python benchmarks/video_motion.py flexcli/assets/moving_fmnist_wan/model.safetensors --out OUT.csv
 """
