@@ -72,15 +72,13 @@ def motion_rows(clips: torch.Tensor, source: str, inks: list[float]) -> list[dic
 def context_rows(model, real: torch.Tensor, sigmas: list[float], seed: int) -> list[dict]:
     """The context probe on the real clips in `real` that move at a constant velocity with room to move right."""
     from flexcli.builtin.captions import encode_cached
+    from flexcli.builtin.moving_fmnist import bounding_boxes
     from flexcli.flex.conditions import TextCondition
     from flexcli.train.flow import noised
 
-    boxes = box_centres(real, -0.9)
-    v = boxes[:, 1:] - boxes[:, :-1]
+    v = box_centres(real, -0.9).diff(dim=1)  # (N, F - 1, 2)
     straight = (v[:, 1:] == v[:, :-1]).all(-1).all(-1)
-    from flexcli.builtin.moving_fmnist import bounding_boxes
-
-    room = bounding_boxes(real)[:, -1, 3] + SHIFT <= real.shape[-1]
+    room = bounding_boxes(real)[:, -1, 3] + SHIFT <= real.shape[-1]  # the last frame's right edge can move
     x0 = real[straight & room]
     moved = x0.clone()
     moved[:, :, -1] = torch.roll(x0[:, :, -1], SHIFT, dims=-1)
