@@ -283,6 +283,7 @@ def append_row(path: Path, row: dict) -> None:
 def plan_cells(a, ckpts: dict, model_for) -> tuple[list[dict], Path | None, list | None]:
     """The --grid cells, canonical and deduplicated, planned against their checkpoints: (cells, prompt file,
     prompt labels); a bad grid value or schedule raises FlexcliError or ValueError."""
+    from flexcli.families import family_of
     from flexcli.sampling import make_plan
 
     cells = []
@@ -290,7 +291,7 @@ def plan_cells(a, ckpts: dict, model_for) -> tuple[list[dict], Path | None, list
         for c in parse_grid(g):
             if c["ckpt"] not in ckpts:
                 raise ValueError(f"checkpoint {c['ckpt']!r} not given with --ckpt")
-            if hasattr(model_for(c["ckpt"]), "text_length") and not a.heldout_prompts:
+            if family_of(model_for(c["ckpt"])).conditioning == "text" and not a.heldout_prompts:
                 raise ValueError(f"checkpoint {c['ckpt']!r} is text-to-image: pass --heldout-prompts")
             cells.append(canonical(c, a.num_samples))
     a.work.mkdir(parents=True, exist_ok=True)

@@ -42,29 +42,15 @@ def ink_centroids(clips: torch.Tensor, ink: float) -> torch.Tensor:
     return out
 
 
-def motion_of(centres: torch.Tensor) -> dict:
-    """The motion columns of (N, F, 2) centres, as `video_metrics.ClipScores.motion` computes them."""
-    from flexcli.builtin.video_metrics import ClipScores
-
-    empty = torch.zeros(0)
-    m = ClipScores(empty, empty, empty, centres).motion()
-    return {k: m[k] for k in ("speed", "steady", "jerk", "velocity_correlation")}
-
-
-def box_centres(clips: torch.Tensor, ink: float) -> torch.Tensor:
-    from flexcli.builtin.moving_fmnist import bounding_boxes
-
-    boxes = bounding_boxes(clips, ink).float()
-    centres = (boxes[..., :2] + boxes[..., 2:]) / 2
-    centres[boxes[..., 0] < 0] = float("nan")
-    return centres
-
-
 def motion_rows(clips: torch.Tensor, source: str, inks: list[float]) -> list[dict]:
+    from flexcli.builtin.video_metrics import box_centres, motion_of
+
     rows = []
     for ink in inks:
         for reading, centres in (("box", box_centres(clips, ink)), ("centroid", ink_centroids(clips, ink))):
-            rows.append({"kind": "motion", "clips": source, "reading": reading, "ink": ink, **motion_of(centres)})
+            m = motion_of(centres)
+            rows.append({"kind": "motion", "clips": source, "reading": reading, "ink": ink,
+                         **{k: m[k] for k in ("speed", "steady", "jerk", "velocity_correlation")}})
     return rows
 
 
@@ -73,10 +59,11 @@ def context_rows(model, real: torch.Tensor, sigmas: list[float], seed: int) -> l
     """The context probe on the real clips in `real` that move at a constant velocity with room to move right."""
     from flexcli.builtin.captions import encode_cached
     from flexcli.builtin.moving_fmnist import bounding_boxes
+    from flexcli.builtin.video_metrics import box_centres
     from flexcli.flex.conditions import TextCondition
     from flexcli.train.flow import noised
 
-    v = box_centres(real, -0.9).diff(dim=1)  # (N, F - 1, 2)
+    v = box_centres(real).diff(dim=1)  # (N, F - 1, 2)
     straight = (v[:, 1:] == v[:, :-1]).all(-1).all(-1)
     room = bounding_boxes(real)[:, -1, 3] + SHIFT <= real.shape[-1]  # the last frame's right edge can move
     x0 = real[straight & room]

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from flexcli.builtin import classifier
-from flexcli.builtin.moving_fmnist import ITEM, SIDE, bounding_boxes
+from flexcli.builtin.moving_fmnist import INK, ITEM, SIDE, bounding_boxes
 
 FASHION_SIDE = 28  # the Fashion-MNIST picture, padded to the classifier's 32
 
@@ -84,18 +84,31 @@ class ClipScores:
         return float((self.predicted == labels).float().mean())
 
     def motion(self) -> dict:
-        v = self.centres[:, 1:] - self.centres[:, :-1]  # (N, F - 1, 2)
-        speed = v.norm(dim=-1).mean(1)  # (N,)
-        change = (v[:, 1:] - v[:, :-1]).abs().amax(-1)  # (N, F - 2)
-        ok = ~torch.isnan(speed)
-        jerk = change.mean(1)
-        pairs = torch.stack([v[ok, :-1].flatten(), v[ok, 1:].flatten()])  # (2, clips * (F - 2) * 2)
-        return {"speed": float(speed[ok].mean()) if ok.any() else float("nan"),
-                "moving": float((speed >= 1.0).float().mean()),
-                "steady": float((change <= 1.0).all(1).float().mean()),
-                "jerk": float(jerk[ok].mean()) if ok.any() else float("nan"),
-                "velocity_correlation": float(torch.corrcoef(pairs)[0, 1]) if pairs.shape[1] > 1 else float("nan"),
-                "clips_without_ink": int((~ok).sum())}
+        return motion_of(self.centres)
+
+
+def box_centres(clips: torch.Tensor, ink: float = INK) -> torch.Tensor:
+    """(N, C, F, H, W) clips -> (N, F, 2) (y, x) centres of each frame's ink bounding box; NaN without ink."""
+    boxes = bounding_boxes(clips, ink).float()
+    centres = (boxes[..., :2] + boxes[..., 2:]) / 2
+    centres[boxes[..., 0] < 0] = float("nan")
+    return centres
+
+
+def motion_of(centres: torch.Tensor) -> dict:
+    """The motion scores (module doc) of (N, F, 2) per-frame item centres, NaN where a frame has no ink."""
+    v = centres[:, 1:] - centres[:, :-1]  # (N, F - 1, 2)
+    speed = v.norm(dim=-1).mean(1)  # (N,)
+    change = (v[:, 1:] - v[:, :-1]).abs().amax(-1)  # (N, F - 2)
+    ok = ~torch.isnan(speed)
+    jerk = change.mean(1)
+    pairs = torch.stack([v[ok, :-1].flatten(), v[ok, 1:].flatten()])  # (2, clips * (F - 2) * 2)
+    return {"speed": float(speed[ok].mean()) if ok.any() else float("nan"),
+            "moving": float((speed >= 1.0).float().mean()),
+            "steady": float((change <= 1.0).all(1).float().mean()),
+            "jerk": float(jerk[ok].mean()) if ok.any() else float("nan"),
+            "velocity_correlation": float(torch.corrcoef(pairs)[0, 1]) if pairs.shape[1] > 1 else float("nan"),
+            "clips_without_ink": int((~ok).sum())}
 
 
 def score_clips(clips: torch.Tensor, net=None) -> ClipScores:
@@ -108,10 +121,7 @@ def score_clips(clips: torch.Tensor, net=None) -> ClipScores:
     whole, _ = _features(net, clips.mean(1).reshape(n * f, 1, *clips.shape[-2:]))
     whole = whole.reshape(n, f, -1)
     temporal = (whole[:, 1:] - whole[:, :-1]).norm(dim=-1).mean(1)
-    boxes = bounding_boxes(clips).float()
-    centres = (boxes[..., :2] + boxes[..., 2:]) / 2
-    centres[boxes[..., 0] < 0] = float("nan")
-    return ClipScores(crops, predicted.reshape(n, f), temporal, centres)
+    return ClipScores(crops, predicted.reshape(n, f), temporal, box_centres(clips))
 
 
 def frame_metrics(scores: ClipScores, ref: ClipScores, opts) -> dict:
