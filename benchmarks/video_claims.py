@@ -173,7 +173,8 @@ def run(args) -> Path:
         run_dir = work / "runs" / hashlib.sha1(f"{label} {seed} {args.num_samples}".encode()).hexdigest()[:16]
         shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short
         row = V.sample_and_score(s, ckpt, job, embeds, labels, ref, net, opts, run_dir, seed * SEED_STRIDE)
-        row.update(label=label, checkpoint=kind, seed=seed, ref_clips=args.ref_clips, **provenance())
+        row.update(label=label, checkpoint=kind, seed=seed, ref_clips=args.ref_clips, **provenance(),
+                   source=str(run_dir.relative_to(work)))  # under --work, wherever that was (a GPU's /tmp)
         _append(path, row)
         print(f"{label} seed {seed}: FID {row['fid']:.2f}, accuracy {100 * row['class_accuracy']:.1f} %, "
               f"gap {row['temporal_gap']:.2f}", file=sys.stderr)

@@ -339,7 +339,7 @@ def test_video_claims_runs_from_a_carried_work_folder_without_minilm(tmp_path, m
     mod.main(common + ["--work", str(made), "--out", str(tmp_path / "out-made")])
     mod.main(common + ["--work", str(carried), "--out", str(tmp_path / "out-carried")])
     assert (carried / "flex-temporal.safetensors").exists() and (carried / "flex-spatial.safetensors").exists()
-    keys = ("label", "checkpoint", "fid", "class_accuracy", "temporal_gap")
+    keys = ("label", "checkpoint", "fid", "class_accuracy", "temporal_gap", "source")  # source: under --work
     rows = [[{k: r[k] for k in keys} for r in csv.DictReader(open(tmp_path / out / "cells.csv"))]
             for out in ("out-made", "out-carried")]
     # baseline + 1 fewer step, 2 modes x (a schedule, weak-last, PI-only)
