@@ -14,6 +14,17 @@ frames' motion pulls the item back to its path: shift_in_clip well below shift_a
 placed from its own pixels only. shift_alone means something only for a base trained on single frames too
 (`image_batch_size` > 0, as the shipped one); to a base trained on 4-frame clips only, a 1-frame video is new.
 
+Rows of kind `extrapolation`: real clips on a straight path (constant velocity, at least 2 pixels per frame on an
+axis, so that continuing the path and staying put are more than a pixel apart), the
+first F - 1 frames given and the last generated (the empty caption, no guidance, flow-unipc at flow shift 3). The
+given frames are held on their own noising path (x_sigma = (1 - sigma) x0 + sigma noise, their velocity replaced
+by the exact noise - x0), so the model sees them exactly as a training clip at each step's sigma. `on_path` is the
+share of clips whose generated item (box centre) lies within a pixel per axis of the real last frame's, that is, of
+the path continued; `path_error` and `stay_error` its mean max-axis distance from there and from the item in the
+frame before. A base that has learnt momentum continues the path; one without places the item anywhere near the
+last frame's. The reference row (`clips` "momentum-free walk") scores a walk without momentum but with the real
+clips' step sizes: each straight clip's last step replaced by every step of the real clips in turn.
+
     python benchmarks/video_motion.py flexcli/assets/moving_fmnist_wan/model.safetensors --out OUT.csv
 """
 from __future__ import annotations
@@ -89,6 +100,64 @@ def context_rows(model, real: torch.Tensor, sigmas: list[float], seed: int) -> l
     return rows
 
 
+def straight_clips(real: torch.Tensor) -> torch.Tensor:
+    """The clips of `real` whose item moves at one velocity, at least 2 pixels per frame on some axis."""
+    from flexcli.builtin.video_metrics import box_centres
+
+    v = box_centres(real).diff(dim=1)  # (N, F - 1, 2)
+    return real[(v[:, 1:] == v[:, :-1]).all(-1).all(-1) & (v[:, -1].abs().amax(-1) >= 2)]
+
+
+@torch.no_grad()
+def extrapolate(velocity, x0: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
+    """`x0` (N, C, F, H, W) with its last frame generated from the others by `velocity(x, t)` (the flow model's
+    prediction at timestep t): the given frames' velocity is replaced by the exact one, noise - x0."""
+    from flexcli.builtin.check_video import FLOW_SHIFT
+    from flexcli.diffusion.flow import flow_unipc_sample
+
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+
+    def denoise(x, step, t):
+        v = velocity(x, t).float()
+        v[:, :, :-1] = (noise - x0)[:, :, :-1]
+        return v
+    return flow_unipc_sample(denoise, noise.clone(), steps, FLOW_SHIFT)
+
+
+def extrapolation_row(generated: torch.Tensor, x0: torch.Tensor) -> dict:
+    """How far the last frame's item of `generated` lies from the real clips' `x0` (module doc)."""
+    from flexcli.builtin.video_metrics import box_centres
+
+    c, real = box_centres(generated.clamp(-1, 1)), box_centres(x0)
+    path = (c[:, -1] - real[:, -1]).abs().amax(-1)  # NaN (no ink) counts as off the path
+    stay = (c[:, -1] - real[:, -2]).abs().amax(-1)
+    return {"kind": "extrapolation", "clips": f"{len(x0)} real, straight", "on_path": float((path <= 1).float().mean()),
+            "path_error": float(path.nanmean()), "stay_error": float(stay.nanmean())}
+
+
+def momentum_free_reference(real: torch.Tensor, x0: torch.Tensor) -> dict:
+    """The extrapolation scores of the straight clips `x0` had their last step been any step of the clips `real`."""
+    from flexcli.builtin.video_metrics import box_centres
+
+    steps = box_centres(real).diff(dim=1).reshape(-1, 2)
+    steps = steps[~steps.isnan().any(-1)]  # (M, 2)
+    own = box_centres(x0).diff(dim=1)[:, -1]  # (N, 2)
+    path = (steps[None] - own[:, None]).abs().amax(-1)  # (N, M): distance from the path continued
+    return {"kind": "extrapolation", "clips": "momentum-free walk", "on_path": float((path <= 1).float().mean()),
+            "path_error": float(path.mean()), "stay_error": float(steps.abs().amax(-1).mean())}
+
+
+def model_extrapolation(model, x0: torch.Tensor, steps: int) -> dict:
+    """The extrapolation row of a text-conditional video base, with the empty caption and no guidance."""
+    from flexcli.builtin.captions import encode_cached
+    from flexcli.flex.conditions import TextCondition
+
+    embeds, mask = encode_cached([""], model.text_length)
+    cond = TextCondition(embeds.expand(len(x0), -1, -1), mask.expand(len(x0), -1))
+    generated = extrapolate(lambda x, t: model(x, torch.full((len(x),), t), cond), x0, steps, seed=0)
+    return extrapolation_row(generated, x0)
+
+
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path, help="a Wan-FMNIST base (flexcli builtin train-base)")
@@ -121,9 +190,11 @@ def main(argv=None) -> Path:
         clips, _, _ = sample(model, cfg, device="cpu")
         rows += motion_rows(clips, f"generated, CFG {scale:g}", inks)
     rows += context_rows(model, real[:a.probe_clips], [float(x) for x in a.sigmas.split(",")], seed=0)
+    straight = straight_clips(real[:a.probe_clips])
+    rows += [model_extrapolation(model, straight, a.steps), momentum_free_reference(real[:a.probe_clips], straight)]
     prov = {"checkpoint": str(a.checkpoint), "num_samples": a.num_samples, "steps": a.steps, **provenance()}
     columns = ["kind", "clips", "reading", "ink", "speed", "steady", "jerk", "velocity_correlation", "sigma",
-               "shift_in", "shift_in_clip", "shift_alone"]
+               "shift_in", "shift_in_clip", "shift_alone", "on_path", "path_error", "stay_error"]
     rows = [{**{c: r.get(c, "") for c in columns}, **prov} for r in rows]
     print(write_csv(rows, a.out))
     return a.out

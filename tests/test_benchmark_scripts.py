@@ -413,3 +413,30 @@ def test_video_motion_reads_real_clips_the_same_way_by_box_and_by_centroid(monke
     assert rows[0]["velocity_correlation"] > 0.5
     shuffled = x[:, :, torch.tensor([0, 2, 1, 3])]
     assert vm.motion_rows(shuffled, "shuffled", [-0.9])[0]["velocity_correlation"] < 0.2
+
+
+def test_video_motion_extrapolation_tells_a_continued_path_from_a_stopped_item(monkeypatch):
+    """The extrapolation probe holds the given frames on their noising path (they come out as the real frames), and
+    its scores tell a denoiser that continues the path from one that leaves the item where the frame before had it."""
+    from flexcli.builtin import moving_fmnist as M
+
+    vm = _load("video_motion", monkeypatch)
+    clips, _ = M.moving_fashion_mnist("test")
+    x0 = vm.straight_clips(clips[torch.arange(120)])
+    assert 20 <= len(x0) < 120
+
+    def towards(target):  # the flow velocity whose x0 prediction is `target`
+        return lambda x, t: (x - target) / (t / 1000.0)
+
+    blank_given = x0.clone()
+    blank_given[:, :, :-1] = -1.0  # the denoiser's view of the given frames is ignored: they follow x0's path
+    out = vm.extrapolate(towards(blank_given), x0, steps=8, seed=0)
+    assert torch.allclose(out[:, :, :-1], x0[:, :, :-1], atol=1e-4)
+    moving = vm.extrapolation_row(out, x0)
+    assert moving["on_path"] == 1.0 and moving["path_error"] <= 0.5 and moving["stay_error"] >= 1
+    stopped = x0.clone()
+    stopped[:, :, -1] = x0[:, :, -2]
+    still = vm.extrapolation_row(vm.extrapolate(towards(stopped), x0, steps=8, seed=0), x0)
+    assert still["on_path"] == 0.0 and still["stay_error"] <= 0.5 and still["path_error"] >= 1
+    walk = vm.momentum_free_reference(clips[torch.arange(120)], x0)  # a random real step: sometimes on the path
+    assert 0.05 < walk["on_path"] < 0.5 and walk["path_error"] > walk["stay_error"] > 1
