@@ -15,15 +15,15 @@ placed from its own pixels only. shift_alone means something only for a base tra
 (`image_batch_size` > 0, as the shipped one); to a base trained on 4-frame clips only, a 1-frame video is new.
 
 Rows of kind `extrapolation`: real clips on a straight path (constant velocity, at least 2 pixels per frame on an
-axis, so that continuing the path and staying put are more than a pixel apart), the
-first F - 1 frames given and the last generated (the empty caption, no guidance, flow-unipc at flow shift 3). The
-given frames are held on their own noising path (x_sigma = (1 - sigma) x0 + sigma noise, their velocity replaced
-by the exact noise - x0), so the model sees them exactly as a training clip at each step's sigma. `on_path` is the
-share of clips whose generated item (box centre) lies within a pixel per axis of the real last frame's, that is, of
-the path continued; `path_error` and `stay_error` its mean max-axis distance from there and from the item in the
-frame before. A base that has learnt momentum continues the path; one without places the item anywhere near the
-last frame's. The reference row (`clips` "momentum-free walk") scores a walk without momentum but with the real
-clips' step sizes: each straight clip's last step replaced by every step of the real clips in turn.
+axis, so that continuing the path and staying put are more than a pixel apart), the first F - 1 frames given and the
+last generated (the empty caption, no guidance, flow-unipc at flow shift 3). The given frames are held on their own
+noising path (x_sigma = (1 - sigma) x0 + sigma noise, their velocity replaced by the exact noise - x0), so the model
+sees them exactly as a training clip at each step's sigma. `on_path` is the share of clips whose generated item (box
+centre) lies within a pixel per axis of the real last frame's, that is, of the path continued; `path_error` and
+`stay_error` its mean max-axis distance from there and from the item in the frame before. A base that has learnt
+momentum continues the path; one without places the item anywhere near the last frame's. The reference row (`clips`
+"momentum-free walk") scores a walk without momentum but with the real clips' step sizes: each straight clip's last
+step replaced by every step of the real clips in turn.
 
     python benchmarks/video_motion.py flexcli/assets/moving_fmnist_wan/model.safetensors --out OUT.csv
 """
