@@ -65,24 +65,41 @@ def motion_rows(clips: torch.Tensor, source: str, inks: list[float]) -> list[dic
     return rows
 
 
+def straight(real: torch.Tensor, min_speed: int = 2) -> torch.Tensor:
+    """(N,) bool: the clips of `real` whose item moves at one velocity, at least `min_speed` pixels per frame on
+    some axis."""
+    from flexcli.builtin.video_metrics import box_centres
+
+    v = box_centres(real).diff(dim=1)  # (N, F - 1, 2)
+    return (v[:, 1:] == v[:, :-1]).all(-1).all(-1) & (v[:, -1].abs().amax(-1) >= min_speed)
+
+
+def straight_clips(real: torch.Tensor) -> torch.Tensor:
+    """The clips of `real` on a straight path at least 2 pixels a frame: continuing it and staying put differ."""
+    return real[straight(real)]
+
+
+def empty_caption(model, n: int):
+    """The empty caption (no guidance) for `n` clips, as a text-conditional video base takes it."""
+    from flexcli.builtin.captions import encode_cached
+    from flexcli.flex.conditions import TextCondition
+
+    embeds, mask = encode_cached([""], model.text_length)
+    return TextCondition(embeds.expand(n, -1, -1), mask.expand(n, -1))
+
+
 @torch.no_grad()
 def context_rows(model, real: torch.Tensor, sigmas: list[float], seed: int) -> list[dict]:
     """The context probe on the real clips in `real` that move at a constant velocity with room to move right."""
-    from flexcli.builtin.captions import encode_cached
     from flexcli.builtin.moving_fmnist import bounding_boxes
-    from flexcli.builtin.video_metrics import box_centres
-    from flexcli.flex.conditions import TextCondition
     from flexcli.train.flow import noised
 
-    v = box_centres(real).diff(dim=1)  # (N, F - 1, 2)
-    straight = (v[:, 1:] == v[:, :-1]).all(-1).all(-1)
     room = bounding_boxes(real)[:, -1, 3] + SHIFT <= real.shape[-1]  # the last frame's right edge can move
-    x0 = real[straight & room]
+    x0 = real[straight(real, min_speed=0) & room]
     moved = x0.clone()
     moved[:, :, -1] = torch.roll(x0[:, :, -1], SHIFT, dims=-1)
-    embeds, mask = encode_cached([""], model.text_length)
     n = len(x0)
-    cond = TextCondition(embeds.expand(n, -1, -1), mask.expand(n, -1))
+    cond = empty_caption(model, n)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     rows = []
     for sigma in sigmas:
@@ -98,14 +115,6 @@ def context_rows(model, real: torch.Tensor, sigmas: list[float], seed: int) -> l
         rows.append({"kind": "context", "clips": f"{n} real, constant velocity", "sigma": sigma,
                      "shift_in": SHIFT, "shift_in_clip": float(in_clip.mean()), "shift_alone": float(alone.mean())})
     return rows
-
-
-def straight_clips(real: torch.Tensor) -> torch.Tensor:
-    """The clips of `real` whose item moves at one velocity, at least 2 pixels per frame on some axis."""
-    from flexcli.builtin.video_metrics import box_centres
-
-    v = box_centres(real).diff(dim=1)  # (N, F - 1, 2)
-    return real[(v[:, 1:] == v[:, :-1]).all(-1).all(-1) & (v[:, -1].abs().amax(-1) >= 2)]
 
 
 @torch.no_grad()
@@ -149,11 +158,7 @@ def momentum_free_reference(real: torch.Tensor, x0: torch.Tensor) -> dict:
 
 def model_extrapolation(model, x0: torch.Tensor, steps: int) -> dict:
     """The extrapolation row of a text-conditional video base, with the empty caption and no guidance."""
-    from flexcli.builtin.captions import encode_cached
-    from flexcli.flex.conditions import TextCondition
-
-    embeds, mask = encode_cached([""], model.text_length)
-    cond = TextCondition(embeds.expand(len(x0), -1, -1), mask.expand(len(x0), -1))
+    cond = empty_caption(model, len(x0))
     generated = extrapolate(lambda x, t: model(x, torch.full((len(x),), t), cond), x0, steps, seed=0)
     return extrapolation_row(generated, x0)
 
